@@ -1,0 +1,535 @@
+// ServerConnection: one connection from pgwarden to a PostgreSQL server.
+//
+// Model: `connect()` runs the whole login (TCP, optional TLS per `tls_verify`, StartupMessage,
+// cleartext/MD5/SCRAM-SHA-256 authentication, ParameterStatus and BackendKeyData up to the first
+// ReadyForQuery) with a `connect_timeout` that is paused while the credential getter runs, so a
+// slow identity provider is governed by its own timeout, not by the network's. After login the
+// connection is in one of three modes:
+//   - IDLE: in a pool; bytes that arrive (a FATAL before the server closes, say) are scanned and
+//     dropped.
+//   - PROXY: attached to a sink (a client's lease). Bytes are forwarded as they arrive, in the
+//     chunks they came in; the framer only stops at ReadyForQuery (transaction status, release
+//     decision) and ParameterStatus (tracked settings).
+//   - INTERNAL: running a pooler-issued simple query (parameter sync, DISCARD ALL); every
+//     message is collected and the query's promise settles at ReadyForQuery.
+// Modes change only between messages (at ReadyForQuery), so one framer serves all three.
+
+import net from "node:net";
+import tls from "node:tls";
+import {
+  AuthCode,
+  EVENT_MESSAGE,
+  FRAME_COLLECT,
+  Framer,
+  frameModes,
+  MessageBuffer,
+  Msg,
+  md5Response,
+  parseErrorFields,
+  parseParameterStatus,
+  readCString,
+  ScramClient,
+  passwordMessage,
+  query as queryMessage,
+  saslInitialResponse,
+  saslResponse,
+  sslRequest,
+  startupMessage,
+  terminate,
+  TxStatus,
+  cancelRequest,
+} from "../protocol/index.js";
+import { type Logger, PgError, PgwardenError, errorMessage } from "../util/index.js";
+
+export type TlsMode = "disabled" | "prefer" | "verify_ca" | "verify_full";
+
+export interface ServerOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly database: string;
+  readonly user: string;
+  /** Returns the secret for this login (password or token); called only if the server asks. */
+  readonly getCredential: () => Promise<string>;
+  readonly connectTimeout: number;
+  readonly tlsMode: TlsMode;
+  readonly tlsCa?: Buffer | undefined;
+  /** Extra startup parameters (application_name, …). */
+  readonly startupParams?: Readonly<Record<string, string>>;
+  readonly logger: Logger;
+  /** Label for logs and errors, e.g. "alice/app". */
+  readonly label: string;
+}
+
+/** What a ServerConnection in PROXY mode talks to. Implemented by the pool's Lease. */
+export interface ServerSink {
+  /** Bytes for the client, in order. Returns false when the client wants no more for now. */
+  serverData(data: Buffer): boolean;
+  /** Called after the ReadyForQuery's bytes were passed to serverData. */
+  serverReady(status: number): void;
+  /** A ParameterStatus the client's own statements caused. */
+  serverParameter(name: string, value: string): void;
+  /** The connection died while attached. */
+  serverLost(err: Error): void;
+}
+
+const MODE_IDLE = 0;
+const MODE_PROXY = 1;
+const MODE_INTERNAL = 2;
+
+const PROXY_MODES = frameModes([
+  ["Z", FRAME_COLLECT],
+  ["S", FRAME_COLLECT],
+]);
+
+let nextId = 1;
+
+export class ServerConnection {
+  readonly id = nextId++;
+  readonly opts: ServerOptions;
+  readonly createdAt = performance.now();
+  /** When it last went back to its pool (performance.now()). */
+  lastReleasedAt = performance.now();
+  /** Server's BackendKeyData. */
+  pid = 0;
+  secret = 0;
+  /** Every ParameterStatus the server reported, latest value. */
+  readonly reported = new Map<string, string>();
+  /** What the server reported at the end of its login: where RESET / DISCARD ALL return to. */
+  baseline: ReadonlyMap<string, string> = new Map();
+  /** Settings pgwarden applied for clients (name → the value the client asked for). */
+  readonly applied = new Map<string, string>();
+  txStatus: number = TxStatus.Idle;
+  closed = false;
+  closeReason = "";
+  /** Set by RECONNECT: close instead of reuse when next released. */
+  markForClose = false;
+  /** Called once when the connection closes, for its pool. */
+  onClose: ((conn: ServerConnection) => void) | null = null;
+
+  private socket: net.Socket;
+  private readonly framer = new Framer(PROXY_MODES);
+  private mode = MODE_IDLE;
+  private sink: ServerSink | null = null;
+  private internal: InternalQuery | null = null;
+
+  private constructor(opts: ServerOptions, socket: net.Socket) {
+    this.opts = opts;
+    this.socket = socket;
+  }
+
+  static connect(opts: ServerOptions): Promise<ServerConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: opts.host, port: opts.port });
+      socket.setNoDelay(true);
+      socket.setKeepAlive(true, 30_000);
+      const conn = new ServerConnection(opts, socket);
+      new Login(conn, socket, resolve, reject).start();
+    });
+  }
+
+  get idleMs(): number {
+    return performance.now() - this.lastReleasedAt;
+  }
+
+  get ageMs(): number {
+    return performance.now() - this.createdAt;
+  }
+
+  /** Called by Login when the first ReadyForQuery arrives; `rest` is any byte after it. */
+  installPump(socket: net.Socket, rest: Buffer): void {
+    this.socket = socket;
+    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    socket.on("error", (err) => this.destroy(`socket error: ${err.message}`, err));
+    socket.on("close", () => this.destroy("server closed the connection"));
+    if (rest.length > 0) this.onData(rest);
+  }
+
+  attach(sink: ServerSink): void {
+    this.sink = sink;
+    this.mode = MODE_PROXY;
+  }
+
+  detach(): void {
+    this.sink = null;
+    this.mode = MODE_IDLE;
+    if (this.socket.isPaused()) this.socket.resume();
+  }
+
+  write(data: Buffer): boolean {
+    return this.socket.write(data);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  onceDrain(cb: () => void): void {
+    this.socket.once("drain", cb);
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  /** Runs one pooler-issued simple query; rejects with the server's PgError if it fails. */
+  query(sql: string): Promise<void> {
+    if (this.closed) return Promise.reject(new PgwardenError("SERVER_CLOSED", "server connection closed"));
+    return new Promise((resolve, reject) => {
+      this.internal = { resolve, reject, error: null };
+      this.mode = MODE_INTERNAL;
+      this.framer.collectAll = true;
+      this.socket.write(queryMessage(sql));
+    });
+  }
+
+  /** Asks the server to cancel what this connection runs (a new connection, as the protocol says). */
+  cancel(): void {
+    const { host, port } = this.opts;
+    const s = net.connect({ host, port });
+    s.on("connect", () => s.end(cancelRequest(this.pid, this.secret)));
+    s.on("error", (err) => this.opts.logger.warn({ server: this.opts.label, err: err.message }, "cancel request failed"));
+    s.setTimeout(this.opts.connectTimeout, () => s.destroy());
+  }
+
+  /** Polite close: Terminate, then end. */
+  close(reason: string): void {
+    if (this.closed) return;
+    if (!this.socket.destroyed) this.socket.end(terminate);
+    this.destroy(reason);
+  }
+
+  destroy(reason: string, err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeReason = reason;
+    this.socket.destroy();
+    this.opts.logger.info(
+      { server: this.opts.label, backend_pid: this.pid, conn: this.id, reason },
+      "server connection closed",
+    );
+    const internal = this.internal;
+    this.internal = null;
+    if (internal) internal.reject(new PgwardenError("SERVER_CLOSED", `server connection closed: ${reason}`));
+    const sink = this.sink;
+    this.sink = null;
+    if (sink) sink.serverLost(err ?? new PgwardenError("SERVER_CLOSED", reason));
+    this.onClose?.(this);
+  }
+
+  private onData(chunk: Buffer): void {
+    const f = this.framer;
+    let pos = 0;
+    let fwd = 0;
+    try {
+      while (pos < chunk.length) {
+        pos = f.feed(chunk, pos);
+        if (f.event !== EVENT_MESSAGE) continue;
+        const type = f.type;
+        if (this.mode === MODE_INTERNAL) {
+          this.internalMessage(type, f.body);
+          fwd = pos;
+          continue;
+        }
+        if (type === Msg.ReadyForQuery) {
+          this.txStatus = f.body[0]!;
+          const sink = this.sink;
+          if (sink !== null) {
+            sink.serverData(chunk.subarray(fwd, pos));
+            fwd = pos;
+            sink.serverReady(this.txStatus);
+          } else {
+            fwd = pos;
+          }
+        } else if (type === Msg.ParameterStatus) {
+          const [name, value] = parseParameterStatus(f.body);
+          this.reported.set(name, value);
+          this.sink?.serverParameter(name, value);
+        }
+      }
+      if (fwd < chunk.length) {
+        const sink = this.sink;
+        if (sink !== null) {
+          if (!sink.serverData(fwd === 0 ? chunk : chunk.subarray(fwd))) this.socket.pause();
+        } else if (this.mode === MODE_IDLE) {
+          this.idleData(chunk.subarray(fwd));
+        }
+      }
+    } catch (err) {
+      this.destroy(`protocol error from server: ${errorMessage(err)}`, err as Error);
+    }
+  }
+
+  private idleData(data: Buffer): void {
+    // An idle server only speaks before it goes away (FATAL on termination) or for async notices.
+    this.opts.logger.debug({ server: this.opts.label, bytes: data.length }, "unexpected data from idle server");
+  }
+
+  private internalMessage(type: number, body: Buffer): void {
+    const q = this.internal;
+    if (q === null) return;
+    if (type === Msg.ErrorResponse) {
+      q.error = pgErrorFrom(body, this.opts.label);
+    } else if (type === Msg.ParameterStatus) {
+      const [name, value] = parseParameterStatus(body);
+      this.reported.set(name, value);
+    } else if (type === Msg.ReadyForQuery) {
+      this.txStatus = body[0]!;
+      this.internal = null;
+      this.mode = this.sink === null ? MODE_IDLE : MODE_PROXY;
+      this.framer.collectAll = false;
+      if (q.error) q.reject(q.error);
+      else q.resolve();
+    }
+  }
+}
+
+interface InternalQuery {
+  resolve: () => void;
+  reject: (err: Error) => void;
+  error: PgError | null;
+}
+
+export function pgErrorFrom(body: Buffer, label: string): PgError {
+  const f = parseErrorFields(body);
+  const severity = (f.V ?? f.S ?? "ERROR") as "ERROR" | "FATAL";
+  const opts: { detail?: string; hint?: string; context: { pool: string } } = { context: { pool: label } };
+  if (f.D !== undefined) opts.detail = f.D;
+  if (f.H !== undefined) opts.hint = f.H;
+  return new PgError(severity, f.C ?? "XX000", f.M ?? "unknown server error", opts);
+}
+
+/** The login state machine of one server connection. */
+class Login {
+  private readonly buf = new MessageBuffer();
+  private timer: NodeJS.Timeout | null = null;
+  private remainingMs: number;
+  private startedAt = 0;
+  private scram: ScramClient | null = null;
+  private done = false;
+
+  constructor(
+    private readonly conn: ServerConnection,
+    private socket: net.Socket,
+    private readonly resolve: (c: ServerConnection) => void,
+    private readonly reject: (e: Error) => void,
+  ) {
+    this.remainingMs = conn.opts.connectTimeout;
+  }
+
+  private get ctx() {
+    const o = this.conn.opts;
+    return { pool: o.label, host: o.host, port: o.port, user: o.user, database: o.database };
+  }
+
+  start(): void {
+    this.armTimer();
+    const s = this.socket;
+    s.on("error", (err) => this.fail(new PgwardenError("SERVER_CONNECT", `could not connect to server ${this.where()}: ${err.message}`, this.ctx, err)));
+    s.on("close", () => this.fail(new PgwardenError("SERVER_CONNECT", `server ${this.where()} closed the connection during login`, this.ctx)));
+    s.once("connect", () => {
+      if (this.conn.opts.tlsMode === "disabled") this.sendStartup();
+      else this.requestTls();
+    });
+  }
+
+  private where(): string {
+    const { host, port } = this.conn.opts;
+    return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  }
+
+  private armTimer(): void {
+    this.startedAt = performance.now();
+    this.timer = setTimeout(() => {
+      this.fail(new PgwardenError("SERVER_CONNECT_TIMEOUT", `timed out after ${this.conn.opts.connectTimeout} ms connecting to server ${this.where()}`, this.ctx));
+    }, Math.max(1, this.remainingMs));
+  }
+
+  private pauseTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.remainingMs -= performance.now() - this.startedAt;
+  }
+
+  private requestTls(): void {
+    const s = this.socket;
+    s.write(sslRequest);
+    const onByte = (chunk: Buffer) => {
+      s.removeListener("data", onByte);
+      const answer = chunk[0];
+      if (chunk.length > 1) {
+        this.fail(new PgwardenError("SERVER_TLS", "server sent data after its SSL response", this.ctx));
+        return;
+      }
+      if (answer === 0x53 /* S */) {
+        this.startTls();
+      } else if (answer === 0x4e /* N */) {
+        if (this.conn.opts.tlsMode === "prefer") this.sendStartup();
+        else this.fail(new PgwardenError("SERVER_TLS", `server ${this.where()} does not support TLS, and tls_verify is "${this.conn.opts.tlsMode}"`, this.ctx));
+      } else {
+        this.fail(new PgwardenError("SERVER_TLS", "unexpected answer to SSLRequest", this.ctx));
+      }
+    };
+    s.on("data", onByte);
+  }
+
+  private startTls(): void {
+    const o = this.conn.opts;
+    const raw = this.socket;
+    raw.removeAllListeners("error");
+    raw.removeAllListeners("close");
+    const options: tls.ConnectionOptions = {
+      socket: raw,
+      rejectUnauthorized: o.tlsMode !== "prefer",
+    };
+    if (o.tlsCa) options.ca = o.tlsCa;
+    if (net.isIP(o.host) === 0) options.servername = o.host;
+    if (o.tlsMode === "verify_ca") options.checkServerIdentity = () => undefined;
+    else if (o.tlsMode === "verify_full") options.checkServerIdentity = (_h, cert) => tls.checkServerIdentity(o.host, cert);
+    const secure = tls.connect(options);
+    secure.setNoDelay?.(true);
+    this.socket = secure;
+    secure.on("error", (err) => this.fail(new PgwardenError("SERVER_TLS", `TLS with server ${this.where()} failed: ${err.message}`, this.ctx, err)));
+    secure.on("close", () => this.fail(new PgwardenError("SERVER_CONNECT", `server ${this.where()} closed the connection during login`, this.ctx)));
+    secure.once("secureConnect", () => this.sendStartup());
+  }
+
+  private sendStartup(): void {
+    const o = this.conn.opts;
+    this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    this.socket.write(startupMessage({ user: o.user, database: o.database, ...(o.startupParams ?? {}) }));
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.done) return;
+    this.buf.push(chunk);
+    try {
+      for (let m = this.buf.next(); m !== null && !this.done; m = this.done ? null : this.buf.next()) {
+        this.onMessage(m.type, m.body);
+      }
+    } catch (err) {
+      this.fail(new PgwardenError("SERVER_PROTOCOL", `protocol error from server ${this.where()}: ${errorMessage(err)}`, this.ctx, err));
+    }
+  }
+
+  private onMessage(type: number, body: Buffer): void {
+    switch (type) {
+      case Msg.Authentication:
+        this.onAuth(body);
+        return;
+      case Msg.ParameterStatus: {
+        const [k, v] = parseParameterStatus(body);
+        this.conn.reported.set(k, v);
+        return;
+      }
+      case Msg.BackendKeyData:
+        this.conn.pid = body.readInt32BE(0);
+        this.conn.secret = body.readInt32BE(4);
+        return;
+      case Msg.ErrorResponse:
+        this.fail(pgErrorFrom(body, this.conn.opts.label));
+        return;
+      case Msg.NoticeResponse:
+        return;
+      case Msg.ReadyForQuery:
+        this.conn.txStatus = body[0]!;
+        this.succeed();
+        return;
+      case 0x76: // NegotiateProtocolVersion: we asked for nothing optional; carry on.
+        return;
+      default:
+        throw new Error(`unexpected message type ${String.fromCharCode(type)} during login`);
+    }
+  }
+
+  private onAuth(body: Buffer): void {
+    const code = body.readInt32BE(0);
+    switch (code) {
+      case AuthCode.Ok:
+        return;
+      case AuthCode.CleartextPassword:
+        this.withCredential((secret) => passwordMessage(secret));
+        return;
+      case AuthCode.MD5Password: {
+        const salt = Buffer.from(body.subarray(4, 8));
+        this.withCredential((secret) => passwordMessage(md5Response(this.conn.opts.user, secret, salt)));
+        return;
+      }
+      case AuthCode.SASL: {
+        const mechanisms: string[] = [];
+        let off = 4;
+        while (off < body.length && body[off] !== 0) {
+          const [m, next] = readCString(body, off);
+          mechanisms.push(m);
+          off = next;
+        }
+        if (!mechanisms.includes("SCRAM-SHA-256")) {
+          throw new Error(`server offers no supported SASL mechanism (${mechanisms.join(", ")})`);
+        }
+        this.withCredential((secret) => {
+          this.scram = new ScramClient(secret);
+          return saslInitialResponse("SCRAM-SHA-256", this.scram.clientFirstMessage());
+        });
+        return;
+      }
+      case AuthCode.SASLContinue: {
+        if (!this.scram) throw new Error("SASLContinue without SASL start");
+        this.socket.write(saslResponse(this.scram.handleServerFirst(body.toString("utf8", 4))));
+        return;
+      }
+      case AuthCode.SASLFinal: {
+        if (!this.scram) throw new Error("SASLFinal without SASL start");
+        this.scram.verifyServerFinal(body.toString("utf8", 4));
+        return;
+      }
+      default:
+        throw new Error(`unsupported authentication request ${code} from server`);
+    }
+  }
+
+  /** Fetches the secret with the connect timer paused, then answers the server. */
+  private withCredential(answer: (secret: string) => Buffer): void {
+    this.pauseTimer();
+    this.socket.pause();
+    this.conn.opts.getCredential().then(
+      (secret) => {
+        if (this.done) return;
+        this.armTimer();
+        try {
+          this.socket.write(answer(secret));
+        } catch (err) {
+          this.fail(new PgwardenError("SERVER_AUTH", `authentication with server ${this.where()} failed: ${errorMessage(err)}`, this.ctx, err));
+          return;
+        }
+        this.socket.resume();
+      },
+      (err: unknown) => this.fail(err instanceof PgwardenError ? err : new PgwardenError("CREDENTIAL", `could not get credential: ${errorMessage(err)}`, this.ctx, err)),
+    );
+  }
+
+  private succeed(): void {
+    this.done = true;
+    if (this.timer) clearTimeout(this.timer);
+    const s = this.socket;
+    s.removeAllListeners("data");
+    s.removeAllListeners("error");
+    s.removeAllListeners("close");
+    this.conn.baseline = new Map(this.conn.reported);
+    this.conn.installPump(s, this.buf.takeRest());
+    this.conn.opts.logger.info(
+      { server: this.conn.opts.label, host: this.conn.opts.host, port: this.conn.opts.port, backend_pid: this.conn.pid, conn: this.conn.id, tls: s instanceof tls.TLSSocket },
+      "server connection opened",
+    );
+    this.resolve(this.conn);
+  }
+
+  private fail(err: Error): void {
+    if (this.done) return;
+    this.done = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.socket.removeAllListeners("data");
+    this.socket.on("error", () => {});
+    this.socket.destroy();
+    this.conn.closed = true;
+    this.reject(err);
+  }
+}

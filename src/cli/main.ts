@@ -1,0 +1,98 @@
+#!/usr/bin/env node
+// The composition root: argv and env, config, wiring, signals.
+
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { ConfigError, loadConfig } from "../config/index.js";
+import { Frontend } from "../frontend/index.js";
+import { PoolRegistry } from "../pool/index.js";
+import { createLogger, errorMessage } from "../util/index.js";
+
+const USAGE = `usage: pgwarden [--config pgwarden.toml] [--users users.toml]
+
+  -c, --config FILE   pgwarden.toml (default: $PGWARDEN_CONFIG or ./pgwarden.toml)
+  -u, --users FILE    users.toml (default: $PGWARDEN_USERS or ./users.toml)
+  -h, --help          this text
+  -V, --version       print the version
+`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  return pkg.version;
+}
+
+async function main(): Promise<void> {
+  let args: ReturnType<typeof parse>;
+  try {
+    args = parse();
+  } catch (err) {
+    process.stderr.write(`pgwarden: ${errorMessage(err)}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (args.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (args.version) {
+    process.stdout.write(`pgwarden ${version()}\n`);
+    return;
+  }
+  const configPath = resolve(args.config ?? process.env.PGWARDEN_CONFIG ?? "pgwarden.toml");
+  const usersPath = resolve(args.users ?? process.env.PGWARDEN_USERS ?? "users.toml");
+
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig(configPath, usersPath, process.env);
+  } catch (err) {
+    if (err instanceof ConfigError || (err as NodeJS.ErrnoException).code === "ENOENT") {
+      process.stderr.write(`pgwarden: ${errorMessage(err)}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+
+  const logger = createLogger(config.general.log_level);
+  const registry = new PoolRegistry(config, logger);
+  const frontend = new Frontend(config, registry, logger);
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, timeout_ms: config.general.shutdown_timeout }, "shutting down");
+    frontend.stopAccepting();
+    await frontend.drainClients(config.general.shutdown_timeout);
+    registry.closeAll("pgwarden shutting down");
+    logger.info("shutdown complete");
+    logger.flush?.();
+    setTimeout(() => process.exit(0), 50).unref();
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+  process.on("SIGHUP", () => logger.warn("SIGHUP received: configuration reload is not implemented yet; ignoring"));
+
+  await registry.start();
+  const addresses = await frontend.listen();
+  const first = addresses[0]!;
+  logger.info({ host: first.host, port: first.port, addresses, pools: [...registry.all()].map((p) => p.name) }, "listening");
+}
+
+function parse() {
+  const { values } = parseArgs({
+    options: {
+      config: { type: "string", short: "c" },
+      users: { type: "string", short: "u" },
+      help: { type: "boolean", short: "h" },
+      version: { type: "boolean", short: "V" },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  return values;
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`pgwarden: fatal: ${errorMessage(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,87 @@
+// The validated, frozen configuration that the rest of pgwarden reads.
+// Keys follow pgdog's pgwarden.toml / users.toml (design §3); times are milliseconds.
+
+export type PoolerMode = "transaction" | "session";
+export type ClientAuthType = "scram" | "md5" | "plain" | "trust";
+export type TlsVerify = "disabled" | "prefer" | "verify_ca" | "verify_full";
+export type ServerAuth =
+  | "password"
+  | "rds_iam"
+  | "azure_workload_identity"
+  | "azure_managed_identity"
+  | "gcp_cloudsql_iam"
+  | "vault_dynamic"
+  | "vault_static"
+  | "command";
+
+export interface GeneralConfig {
+  readonly host: string;
+  readonly port: number;
+  readonly pooler_mode: PoolerMode;
+  readonly default_pool_size: number;
+  readonly min_pool_size: number;
+  readonly idle_timeout: number;
+  readonly server_lifetime: number;
+  readonly checkout_timeout: number;
+  readonly connect_timeout: number;
+  readonly auth_type: ClientAuthType;
+  readonly tls_certificate: string | undefined;
+  readonly tls_private_key: string | undefined;
+  readonly tls_verify: TlsVerify;
+  readonly tls_server_ca_certificate: string | undefined;
+  readonly openmetrics_port: number | undefined;
+  readonly shutdown_timeout: number;
+  readonly max_client_connections: number;
+  readonly token_refresh_buffer: number;
+  readonly token_fetch_timeout: number;
+  readonly log_level: "trace" | "debug" | "info" | "warn" | "error" | "fatal";
+}
+
+export interface DatabaseConfig {
+  /** What clients ask for. */
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+  /** The database on the server; defaults to `name`. */
+  readonly database_name: string;
+}
+
+export interface UserConfig {
+  readonly name: string;
+  readonly database: string;
+  /** Client password (plain text, or a SCRAM-SHA-256 verifier / md5 hash as PostgreSQL stores them). */
+  readonly password: string | undefined;
+  /** Server user; defaults to `name`. */
+  readonly server_user: string;
+  /** Server password; defaults to `password`. */
+  readonly server_password: string | undefined;
+  /** Resolved: the user's pool_size, else general.default_pool_size. */
+  readonly pool_size: number;
+  /** Resolved: the user's min_pool_size, else general.min_pool_size. */
+  readonly min_pool_size: number;
+  /** Resolved: the user's pooler_mode, else general.pooler_mode. */
+  readonly pooler_mode: PoolerMode;
+  readonly server_auth: ServerAuth;
+  readonly server_iam_region: string | undefined;
+  readonly server_iam_host: string | undefined;
+  readonly azure_client_id: string | undefined;
+  readonly azure_tenant_id: string | undefined;
+  readonly server_vault_path: string | undefined;
+  readonly vault_refresh_percent: number | undefined;
+  readonly server_auth_command: string | undefined;
+}
+
+export interface AdminConfig {
+  readonly name: string;
+  readonly user: string;
+  readonly password: string | undefined;
+}
+
+export interface Config {
+  readonly general: GeneralConfig;
+  readonly databases: readonly DatabaseConfig[];
+  readonly users: readonly UserConfig[];
+  readonly admin: AdminConfig;
+  /** Absolute paths the config was read from (for messages and reload). */
+  readonly files: { readonly config: string; readonly users: string };
+}

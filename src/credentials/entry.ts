@@ -1,0 +1,320 @@
+// CredentialEntry: the cache, single-flight fetch and background refresher of one identity.
+//
+// Model: an entry holds at most one token and at most one fetch in flight. `get()` returns the
+// held token while it is valid; otherwise every caller joins the one fetch in flight, or starts
+// it. The fetch runs under its own token_fetch_timeout (an AbortSignal the provider receives,
+// and a race so that a provider that ignores it still ends); a caller that stops waiting never
+// cancels it, and its result still fills the cache. While the entry is started (some pool uses
+// it) one timer refreshes the token at min(provider hint, expiry − buffer) minus jitter, where
+// the buffer shrinks to a quarter of the lifetime for short-lived tokens. A failed fetch keeps
+// the held token and schedules a retry with capped exponential backoff and jitter; while a
+// retry is pending and no valid token is held, `get()` fails at once with the last cause
+// instead of starting fetches of its own, so an outage never turns into a stampede. A token the
+// server rejected is dropped and replaced by one fetch (single-flight; at most one forced
+// refetch per `invalidateInterval`). Stopping clears the timer; a fetch still in flight then
+// completes into the cache but schedules nothing.
+
+import { type Logger, PgwardenError, errorMessage } from "../util/index.js";
+import type { Clock } from "./clock.js";
+import type { CredentialSnapshot, CredentialState, FetchedToken, TokenProvider } from "./types.js";
+
+export interface EntryOptions {
+  /** token_refresh_buffer: refresh this long before expiry (ms). */
+  readonly refreshBuffer: number;
+  /** token_fetch_timeout (ms). */
+  readonly fetchTimeout: number;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly minBackoff?: number;
+  readonly maxBackoff?: number;
+  /** Minimum time between two refetches forced by a server rejection (ms). */
+  readonly invalidateInterval?: number;
+  /** Don't hand out a token with less than this left (ms): it could expire on the wire. */
+  readonly minRemaining?: number;
+}
+
+interface HeldToken {
+  readonly secret: string;
+  /** Monotonic ms. */
+  readonly expiresAt: number;
+  readonly wallExpiresAt: number;
+  readonly fetchedAt: number;
+}
+
+export class CredentialError extends PgwardenError {
+  constructor(message: string, provider: string, cause?: unknown) {
+    super("CREDENTIAL", message, { provider }, cause);
+    this.name = "CredentialError";
+  }
+}
+
+export class CredentialEntry {
+  readonly key: string;
+  readonly provider: TokenProvider;
+  consumers = 0;
+  private token: HeldToken | null = null;
+  private inflight: Promise<HeldToken> | null = null;
+  private timer: unknown = null;
+  private timerAt: number | null = null;
+  private retryPending = false;
+  private started = false;
+  private stopped = false;
+  private fetches = 0;
+  private failures = 0;
+  private consecutiveFailures = 0;
+  private lastError: string | null = null;
+  private lastFetchMs: number | null = null;
+  private lastForcedAt = Number.NEGATIVE_INFINITY;
+  private readonly opts: Required<EntryOptions>;
+
+  constructor(key: string, provider: TokenProvider, opts: EntryOptions) {
+    this.key = key;
+    this.provider = provider;
+    this.opts = {
+      minBackoff: 1000,
+      maxBackoff: 30_000,
+      invalidateInterval: 5000,
+      minRemaining: 1000,
+      ...opts,
+    };
+  }
+
+  /** The secret to log in with now. */
+  get(): Promise<string> {
+    const t = this.token;
+    if (t !== null && this.isUsable(t)) return Promise.resolve(t.secret);
+    if (this.inflight !== null) return this.inflight.then(secretOf);
+    if (this.retryPending && this.consecutiveFailures > 0) {
+      return Promise.reject(this.failFastError());
+    }
+    return this.fetch().then(secretOf);
+  }
+
+  /**
+   * The server rejected `secret`: drop it (if it is still the held one) and fetch a new one,
+   * single-flight and rate-limited. Resolves when the replacement (or the newer token) is there.
+   */
+  invalidate(secret: string): Promise<string> {
+    if (this.token !== null && this.token.secret === secret) {
+      this.opts.logger.warn({ credential: this.describe(), provider: this.provider.kind }, "server rejected the token; fetching a new one");
+      this.token = null;
+    }
+    if (this.inflight !== null) return this.inflight.then(secretOf);
+    if (this.token !== null && this.isUsable(this.token)) return Promise.resolve(this.token.secret);
+    const now = this.opts.clock.now();
+    if (now - this.lastForcedAt < this.opts.invalidateInterval) {
+      return Promise.reject(new CredentialError(`${this.provider.kind}: the server rejected the token again within ${this.opts.invalidateInterval} ms; not refetching yet`, this.provider.kind));
+    }
+    this.lastForcedAt = now;
+    return this.fetch().then(secretOf);
+  }
+
+  /** Starts the background refresher (when the first pool using this identity starts). */
+  start(): void {
+    if (this.started || this.stopped) return;
+    this.started = true;
+    if (this.token !== null) this.scheduleRefresh(this.token);
+  }
+
+  /** Stops the refresher for good (the last pool using this identity is gone). */
+  stop(): void {
+    this.stopped = true;
+    this.clearTimer();
+  }
+
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  snapshot(): CredentialSnapshot {
+    const t = this.token;
+    const clock = this.opts.clock;
+    const now = clock.now();
+    const toWall = (mono: number) => clock.wallNow() + (mono - now);
+    return {
+      key: this.key,
+      provider: this.provider.kind,
+      description: this.provider.description,
+      state: this.state(),
+      expiresAt: t ? t.wallExpiresAt : null,
+      refreshAt: this.timerAt !== null ? toWall(this.timerAt) : null,
+      ageSeconds: t ? (now - t.fetchedAt) / 1000 : null,
+      fetches: this.fetches,
+      failures: this.failures,
+      consecutiveFailures: this.consecutiveFailures,
+      lastError: this.lastError,
+      lastFetchMs: this.lastFetchMs,
+      consumers: this.consumers,
+    };
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  private state(): CredentialState {
+    if (this.stopped) return "stopped";
+    const t = this.token;
+    const valid = t !== null && this.opts.clock.now() < t.expiresAt;
+    if (this.inflight !== null) return valid ? "refreshing" : "fetching";
+    if (this.retryPending) return valid ? "retrying" : "expired";
+    if (valid) return "valid";
+    return t === null && this.fetches === 0 ? "cold" : "expired";
+  }
+
+  private isUsable(t: HeldToken): boolean {
+    return this.opts.clock.now() + this.opts.minRemaining < t.expiresAt;
+  }
+
+  private describe(): string {
+    return Object.entries(this.provider.description)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" ");
+  }
+
+  private failFastError(): CredentialError {
+    return new CredentialError(
+      `${this.provider.kind}: no valid token (${this.describe()}): ${this.lastError ?? "unknown error"}`,
+      this.provider.kind,
+    );
+  }
+
+  private fetch(): Promise<HeldToken> {
+    const { clock, fetchTimeout, logger } = this.opts;
+    const provider = this.provider;
+    const startedAt = clock.now();
+    this.fetches++;
+    this.clearTimer(); // a refresh in progress replaces whatever was scheduled
+    const ac = new AbortController();
+    const timeout = clock.setTimeout(() => ac.abort(new Error(`timed out after ${fetchTimeout} ms`)), fetchTimeout);
+    const aborted = new Promise<never>((_, reject) => {
+      ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true });
+    });
+    const run = Promise.race([Promise.resolve().then(() => provider.fetch(ac.signal)), aborted]).then(
+      (fetched) => {
+        clock.clearTimeout(timeout);
+        const held = this.accept(fetched, startedAt);
+        this.inflight = null;
+        this.consecutiveFailures = 0;
+        this.lastError = null;
+        this.retryPending = false;
+        this.lastFetchMs = clock.now() - startedAt;
+        logger.info(
+          {
+            credential: this.describe(),
+            provider: provider.kind,
+            duration_ms: Math.round(this.lastFetchMs),
+            expires_at: new Date(held.wallExpiresAt).toISOString(),
+            result: "ok",
+          },
+          "credential fetched",
+        );
+        if (this.started && !this.stopped) this.scheduleRefresh(held);
+        return held;
+      },
+      (err: unknown) => {
+        clock.clearTimeout(timeout);
+        if (!ac.signal.aborted) ac.abort();
+        this.inflight = null;
+        this.failures++;
+        this.consecutiveFailures++;
+        this.lastError = sanitize(errorMessage(err));
+        this.lastFetchMs = clock.now() - startedAt;
+        const t = this.token;
+        const validLeft = t !== null && clock.now() < t.expiresAt;
+        logger.warn(
+          {
+            credential: this.describe(),
+            provider: provider.kind,
+            duration_ms: Math.round(this.lastFetchMs),
+            result: "error",
+            err: this.lastError,
+            consecutive_failures: this.consecutiveFailures,
+            token_still_valid: validLeft,
+          },
+          "credential fetch failed",
+        );
+        if (this.started && !this.stopped) this.scheduleRetry();
+        throw new CredentialError(`${provider.kind}: could not get a token (${this.describe()}): ${this.lastError}`, provider.kind, err);
+      },
+    );
+    this.inflight = run;
+    return run;
+  }
+
+  private accept(fetched: FetchedToken, startedAt: number): HeldToken {
+    const { clock } = this.opts;
+    if (typeof fetched.secret !== "string" || fetched.secret.length === 0) {
+      throw new Error("provider returned an empty token");
+    }
+    const now = clock.now();
+    const wallNow = clock.wallNow();
+    if (!Number.isFinite(fetched.expiresAt) || fetched.expiresAt <= wallNow) {
+      throw new Error("provider returned a token that has already expired");
+    }
+    const held: HeldToken = {
+      secret: fetched.secret,
+      expiresAt: now + (fetched.expiresAt - wallNow),
+      wallExpiresAt: fetched.expiresAt,
+      fetchedAt: startedAt,
+    };
+    this.token = held;
+    this.hint = fetched.refreshAt === undefined ? null : now + (fetched.refreshAt - wallNow);
+    return held;
+  }
+
+  private hint: number | null = null;
+
+  private scheduleRefresh(t: HeldToken): void {
+    const { clock, refreshBuffer } = this.opts;
+    const now = clock.now();
+    const lifetime = Math.max(0, t.expiresAt - now);
+    const buffer = Math.min(refreshBuffer, lifetime / 4);
+    let at = t.expiresAt - buffer;
+    if (this.hint !== null && this.hint < at) at = this.hint;
+    // Jitter spreads the refreshes of identities that were fetched together.
+    at -= clock.random() * Math.min(lifetime * 0.05, 10_000);
+    this.arm(Math.max(now, at), () => {
+      void this.fetch().catch(() => {});
+    });
+  }
+
+  private scheduleRetry(): void {
+    const { clock, minBackoff, maxBackoff } = this.opts;
+    const exp = Math.min(maxBackoff, minBackoff * 2 ** Math.min(this.consecutiveFailures - 1, 20));
+    // "Equal jitter": at least half the backoff, so gaps grow; the rest is random.
+    const delay = exp / 2 + clock.random() * (exp / 2);
+    this.retryPending = true;
+    this.arm(clock.now() + delay, () => {
+      void this.fetch().catch(() => {});
+    });
+  }
+
+  private arm(at: number, fn: () => void): void {
+    this.clearTimer();
+    const { clock } = this.opts;
+    this.timerAt = at;
+    this.timer = clock.setTimeout(() => {
+      this.timer = null;
+      this.timerAt = null;
+      if (!this.stopped) fn();
+    }, at - clock.now());
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== null) this.opts.clock.clearTimeout(this.timer);
+    this.timer = null;
+    this.timerAt = null;
+  }
+}
+
+function secretOf(t: HeldToken): string {
+  return t.secret;
+}
+
+/** Error texts from SDKs can echo request bodies; keep them short and strip anything token-like. */
+export function sanitize(message: string): string {
+  return message
+    .replace(/eyJ[\w-]+\.[\w-]+\.[\w-]*/g, "[jwt]")
+    .replace(/X-Amz-Signature=[0-9a-f]+/gi, "X-Amz-Signature=[redacted]")
+    .replace(/(access_token|client_assertion|password|secret|token)(["':= ]+)[^\s"',&]+/gi, "$1$2[redacted]")
+    .slice(0, 500);
+}

@@ -1,0 +1,525 @@
+// ClientSession: one client connection, from its first byte to its close.
+//
+// States: STARTUP (SSLRequest / GSSENCRequest / CancelRequest / StartupMessage) → AUTH (the
+// configured exchange) → LOGIN (a server is leased to learn the settings the client will see
+// and to apply the client's own) → READY → CLOSED.
+//
+// In READY the client's bytes go to its leased server as they arrive; a framer watches message
+// headers only: Query/Sync/FunctionCall each owe one ReadyForQuery, extended-protocol messages
+// sent since the last Sync make the client "mid-batch", and Terminate ends the session. In
+// transaction pooling the lease is given back when a ReadyForQuery reports idle, no
+// ReadyForQuery is still owed, nothing was sent since the last Sync, and no message is half
+// sent. A client without a lease that sends bytes is paused, its bytes kept, until the pool
+// leases it a server (and its settings are synced onto it); then they flow as usual. In session
+// pooling the lease lives as long as the client and is reset with DISCARD ALL on the way back.
+//
+// Only PgError is written to the client; other failures become a generic FATAL and are logged.
+
+import { randomInt } from "node:crypto";
+import type net from "node:net";
+import tls from "node:tls";
+import type { Config, UserConfig } from "../config/index.js";
+import type { Lease, LeaseHolder, Pool, PoolRegistry } from "../pool/index.js";
+import { TRACKED_REPORTED, wantedSettings } from "../pool/index.js";
+import {
+  authenticationOk,
+  backendKeyData,
+  EVENT_HEADER,
+  errorResponse,
+  FRAME_HEADER,
+  Framer,
+  frameModes,
+  MessageBuffer,
+  Msg,
+  parameterStatus,
+  parseStartupPacket,
+  readyForQuery,
+  TxStatus,
+} from "../protocol/index.js";
+import { type Logger, PgError, PgwardenError, errorMessage } from "../util/index.js";
+import { ClientAuth } from "./client-auth.js";
+
+export interface FrontendContext {
+  readonly config: Config;
+  readonly registry: PoolRegistry;
+  readonly tlsContext: tls.SecureContext | null;
+  readonly logger: Logger;
+  readonly shuttingDown: boolean;
+  register(session: ClientSession): boolean;
+  unregister(session: ClientSession): void;
+  cancel(pid: number, secret: number): void;
+  /** The admin console, when the client asks for the admin database (issue: operations). */
+  admin?: ((session: ClientSession, socket: net.Socket, rest: Buffer) => void) | undefined;
+}
+
+const STARTUP = 0;
+const AUTH = 1;
+const LOGIN = 2;
+const READY = 3;
+const CLOSED = 4;
+
+// Every client message type is reported at its header: the session counts them.
+const CLIENT_MODES = frameModes([], FRAME_HEADER);
+
+/** Largest password message accepted from a client (SCRAM messages are small; tokens are not ours). */
+const MAX_AUTH_MESSAGE = 64 * 1024;
+
+export class ClientSession implements LeaseHolder {
+  pid: number;
+  readonly secret: number;
+  readonly remote: string;
+  readonly connectedAt = Date.now();
+  user = "";
+  database = "";
+  applicationName = "";
+  tls = false;
+  state = STARTUP;
+
+  private socket: net.Socket;
+  private readonly buf = new MessageBuffer(MAX_AUTH_MESSAGE);
+  private auth: ClientAuth | null = null;
+  private pool: Pool | null = null;
+  private userConfig: UserConfig | null = null;
+  private wanted = new Map<string, string>();
+  private lease: Lease | null = null;
+  private acquiring = false;
+  private pending: Buffer[] = [];
+  private readonly framer = new Framer(CLIENT_MODES);
+  private expectZ = 0;
+  private dirty = false;
+  private queries = 0;
+  private waitingClientDrain = false;
+  private waitingServerDrain = false;
+  private closeWhenIdle = false;
+  private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
+
+  constructor(
+    socket: net.Socket,
+    private readonly ctx: FrontendContext,
+  ) {
+    this.socket = socket;
+    this.pid = randomInt(1, 2 ** 31 - 1);
+    this.secret = randomInt(-(2 ** 31), 2 ** 31 - 1);
+    this.remote = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? 0}`;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 60_000);
+    this.bindSocket(socket);
+  }
+
+  get isIdle(): boolean {
+    return this.state === READY && (this.lease === null || this.releasable(TxStatus.Idle)) && !this.acquiring;
+  }
+
+  get serverPid(): number {
+    return this.lease?.backendPid ?? 0;
+  }
+
+  get poolName(): string {
+    return this.pool?.name ?? "";
+  }
+
+  get stateName(): string {
+    if (this.state === READY) return this.lease ? "active" : this.acquiring ? "waiting" : "idle";
+    return ["startup", "auth", "login", "ready", "closed"][this.state]!;
+  }
+
+  /** Shutdown: close now if idle, else when the current transaction ends. */
+  requestClose(): void {
+    if (this.state === CLOSED) return;
+    if (this.state !== READY || this.isIdle) {
+      this.fatal(new PgError("FATAL", "57P01", "terminating connection due to administrator command"));
+    } else {
+      this.closeWhenIdle = true;
+    }
+  }
+
+  /** Forced close at the end of the shutdown grace period. */
+  forceClose(): void {
+    this.fatal(new PgError("FATAL", "57P01", "terminating connection due to administrator command"));
+  }
+
+  /** Routes a CancelRequest to the server running this client's query. */
+  cancelQuery(): void {
+    this.lease?.cancel();
+  }
+
+  private bindSocket(socket: net.Socket): void {
+    socket.on("data", this.onDataBound);
+    socket.on("error", (err) => {
+      this.ctx.logger.debug({ client: this.remote, err: err.message }, "client socket error");
+      this.close();
+    });
+    socket.on("close", () => this.close());
+  }
+
+  private onData(chunk: Buffer): void {
+    try {
+      if (this.state === READY) {
+        this.proxyData(chunk);
+        return;
+      }
+      if (this.state === LOGIN) {
+        this.pending.push(chunk);
+        return;
+      }
+      if (this.state === CLOSED) return;
+      this.buf.push(chunk);
+      this.processHandshake();
+    } catch (err) {
+      this.fatal(err);
+    }
+  }
+
+  // ---- startup and authentication -----------------------------------------------------------
+
+  private processHandshake(): void {
+    while (this.state === STARTUP || this.state === AUTH) {
+      if (this.state === STARTUP) {
+        const packet = this.buf.nextStartup();
+        if (packet === null) return;
+        if (!this.onStartupPacket(packet)) return;
+      } else {
+        const msg = this.buf.next();
+        if (msg === null) return;
+        if (msg.type !== Msg.Password) {
+          throw new PgError("FATAL", "08P01", `expected password response, got message type "${String.fromCharCode(msg.type)}"`);
+        }
+        this.onAuthStep(this.auth!.step(msg.body));
+      }
+    }
+  }
+
+  /** Returns false when processing must stop (TLS switch, close). */
+  private onStartupPacket(packet: Buffer): boolean {
+    const p = parseStartupPacket(packet);
+    switch (p.kind) {
+      case "ssl": {
+        if (this.ctx.tlsContext === null || this.tls) {
+          this.socket.write("N");
+          return true;
+        }
+        if (this.buf.pending > 0) {
+          // Bytes sent in the clear after SSLRequest could be injected (CVE-2021-23214).
+          throw new PgError("FATAL", "08P01", "received unencrypted data after SSL request");
+        }
+        this.socket.write("S");
+        this.upgradeTls();
+        return false;
+      }
+      case "gssenc":
+        this.socket.write("N");
+        return true;
+      case "cancel":
+        this.ctx.cancel(p.pid, p.secret);
+        this.close();
+        return false;
+      case "unsupported": {
+        const major = p.version >>> 16;
+        const minor = p.version & 0xffff;
+        throw new PgError("FATAL", "0A000", `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`);
+      }
+      case "startup":
+        this.onStartup(p.params);
+        return this.state !== CLOSED;
+    }
+  }
+
+  private upgradeTls(): void {
+    const raw = this.socket;
+    raw.removeAllListeners("data");
+    raw.removeAllListeners("error");
+    raw.removeAllListeners("close");
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: this.ctx.tlsContext! });
+    this.socket = secure;
+    this.tls = true;
+    this.bindSocket(secure);
+  }
+
+  private onStartup(params: Map<string, string>): void {
+    const { config } = this.ctx;
+    const user = params.get("user");
+    if (!user) throw new PgError("FATAL", "28000", "no PostgreSQL user name specified in startup packet");
+    this.user = user;
+    this.database = params.get("database") || user;
+    this.applicationName = params.get("application_name") ?? "";
+    if (params.has("replication") && params.get("replication") !== "false" && params.get("replication") !== "0") {
+      throw new PgError("FATAL", "08P01", "replication connections are not supported by pgwarden");
+    }
+    if (this.ctx.shuttingDown) throw new PgError("FATAL", "57P03", "pgwarden is shutting down");
+    if (!this.ctx.register(this)) throw new PgError("FATAL", "53300", "sorry, too many clients already");
+
+    if (this.database === config.admin.name && this.ctx.admin) {
+      this.state = CLOSED;
+      this.socket.removeListener("data", this.onDataBound);
+      this.ctx.admin(this, this.socket, this.buf.takeRest());
+      return;
+    }
+    if (!config.databases.some((d) => d.name === this.database)) {
+      throw new PgError("FATAL", "3D000", `database "${this.database}" does not exist`);
+    }
+    const pool = this.ctx.registry.get(user, this.database);
+    const userConfig = config.users.find((u) => u.name === user && u.database === this.database);
+    if (!pool || !userConfig) throw new PgError("FATAL", "28000", `role "${user}" does not exist`);
+    this.pool = pool;
+    this.userConfig = userConfig;
+    try {
+      this.wanted = wantedSettings(params);
+    } catch (err) {
+      throw new PgError("FATAL", "22023", `invalid startup options: ${errorMessage(err)}`);
+    }
+    this.auth = new ClientAuth(user, userConfig.password, config.general.auth_type);
+    this.state = AUTH;
+    this.onAuthStep(this.auth.start());
+  }
+
+  private onAuthStep(step: ReturnType<ClientAuth["start"]>): void {
+    if (step.kind === "send") {
+      this.socket.write(step.data);
+      return;
+    }
+    if (step.kind === "fail") {
+      this.ctx.logger.info({ client: this.remote, user: this.user, database: this.database, auth: "failed", reason: step.reason }, "client login");
+      throw new PgError("FATAL", "28P01", `password authentication failed for user "${this.user}"`);
+    }
+    this.socket.write(step.data ? Buffer.concat([step.data, authenticationOk]) : authenticationOk);
+    this.state = LOGIN;
+    const rest = this.buf.takeRest();
+    if (rest.length > 0) this.pending.push(rest);
+    this.acquire();
+  }
+
+  private welcome(): void {
+    const lease = this.lease!;
+    const parts: Buffer[] = [];
+    for (const [k, v] of lease.reported) parts.push(parameterStatus(k, v));
+    parts.push(backendKeyData(this.pid, this.secret), readyForQuery("I"));
+    this.socket.write(Buffer.concat(parts));
+    this.state = READY;
+    this.ctx.logger.info(
+      { client: this.remote, user: this.user, database: this.database, auth: "ok", tls: this.tls, application_name: this.applicationName || undefined },
+      "client login",
+    );
+    if (this.userConfig!.pooler_mode === "transaction") {
+      this.lease = null;
+      lease.release(true);
+    }
+  }
+
+  // ---- leasing ------------------------------------------------------------------------------
+
+  private acquire(): void {
+    this.acquiring = true;
+    const result = this.pool!.acquire(this);
+    if (result instanceof Promise) {
+      result.then(
+        (lease) => this.gotLease(lease),
+        (err: unknown) => {
+          this.acquiring = false;
+          this.fatal(err);
+        },
+      );
+    } else {
+      this.gotLease(result);
+    }
+  }
+
+  private gotLease(lease: Lease): void {
+    this.acquiring = false;
+    if (this.state === CLOSED) {
+      lease.release(true);
+      return;
+    }
+    this.lease = lease;
+    const sync = lease.sync(this.wanted);
+    if (sync === null) this.leaseReady();
+    else
+      sync.then(
+        () => this.leaseReady(),
+        (err: unknown) => {
+          // The server refused a setting the client asked for: the server itself is fine.
+          if (this.lease === lease) this.lease = null;
+          lease.release(!(err instanceof PgwardenError && err.code === "SERVER_CLOSED"));
+          this.fatal(err instanceof PgError ? new PgError("FATAL", err.sqlstate, err.message) : err);
+        },
+      );
+  }
+
+  private leaseReady(): void {
+    if (this.state === CLOSED) return;
+    if (this.state === LOGIN) this.welcome();
+    const chunks = this.pending;
+    this.pending = [];
+    for (const c of chunks) {
+      if (this.state !== READY) return;
+      this.proxyData(c);
+    }
+    if (this.state === READY && !this.waitingServerDrain) this.socket.resume();
+  }
+
+  // ---- hot path -----------------------------------------------------------------------------
+
+  private proxyData(chunk: Buffer): void {
+    const lease = this.lease;
+    if (lease === null) {
+      if (this.acquiring || this.pending.length > 0) {
+        this.pending.push(chunk);
+        return;
+      }
+      if (chunk.length === 5 && chunk[0] === Msg.Terminate && this.framer.atBoundary) {
+        this.close();
+        return;
+      }
+      this.pending.push(chunk);
+      this.socket.pause();
+      this.acquire();
+      return;
+    }
+    const f = this.framer;
+    let pos = 0;
+    while (pos < chunk.length) {
+      pos = f.feed(chunk, pos);
+      if (f.event !== EVENT_HEADER) continue;
+      switch (f.type) {
+        case Msg.Query:
+          this.expectZ++;
+          this.queries++;
+          break;
+        case Msg.Sync:
+          this.expectZ++;
+          this.dirty = false;
+          break;
+        case Msg.FunctionCall:
+          this.expectZ++;
+          this.queries++;
+          break;
+        case Msg.Execute:
+          this.queries++;
+          this.dirty = true;
+          break;
+        case Msg.Terminate: {
+          const upto = pos - 5;
+          if (upto > 0) lease.write(chunk.subarray(0, upto));
+          this.close(upto < 0);
+          return;
+        }
+        case Msg.CopyData:
+        case Msg.CopyDone:
+        case Msg.CopyFail:
+          break;
+        default:
+          this.dirty = true;
+      }
+    }
+    if (!lease.write(chunk) && !this.waitingServerDrain) {
+      this.waitingServerDrain = true;
+      this.socket.pause();
+      lease.onceServerDrain(() => {
+        this.waitingServerDrain = false;
+        if (this.state === READY && !this.acquiring) this.socket.resume();
+      });
+    }
+  }
+
+  private releasable(status: number): boolean {
+    return status === TxStatus.Idle && this.expectZ === 0 && !this.dirty && this.framer.atBoundary;
+  }
+
+  serverData(data: Buffer): boolean {
+    if (this.state === CLOSED) return true;
+    const ok = this.socket.write(data);
+    if (!ok && !this.waitingClientDrain) {
+      this.waitingClientDrain = true;
+      this.socket.once("drain", () => {
+        this.waitingClientDrain = false;
+        this.lease?.resumeServer();
+      });
+    }
+    return ok;
+  }
+
+  serverReady(status: number): void {
+    if (this.expectZ > 0) this.expectZ--;
+    const lease = this.lease;
+    if (lease === null) return;
+    if (!this.releasable(status)) return;
+    lease.countTransaction(this.queries);
+    this.queries = 0;
+    if (this.userConfig!.pooler_mode === "transaction") {
+      this.lease = null;
+      lease.release(true);
+    }
+    if (this.closeWhenIdle) this.requestClose();
+  }
+
+  serverParameter(name: string, value: string): void {
+    if (!TRACKED_REPORTED.has(name)) return;
+    this.wanted.set(name, value);
+    this.lease?.noteApplied(name, value);
+    if (name === "application_name") this.applicationName = value;
+  }
+
+  serverLost(err: Error): void {
+    this.lease = null;
+    this.ctx.logger.warn({ client: this.remote, user: this.user, database: this.database, err: err.message }, "server connection lost under client");
+    this.fatal(new PgError("FATAL", "08006", "server connection lost: the PostgreSQL server closed the connection unexpectedly"));
+  }
+
+  // ---- ending -------------------------------------------------------------------------------
+
+  /** Sends the client an error as FATAL and closes. Non-PgErrors are logged and sent generic. */
+  fatal(err: unknown): void {
+    if (this.state === CLOSED) return;
+    const pgErr = toClientError(err);
+    if (!(err instanceof PgError)) {
+      this.ctx.logger.warn({ client: this.remote, user: this.user, database: this.database, err: errorMessage(err), code: (err as PgwardenError).code }, "client connection failed");
+    }
+    if (!this.socket.destroyed && this.socket.writable) {
+      this.socket.end(errorResponse({ severity: "FATAL", code: pgErr.sqlstate, message: pgErr.message, detail: pgErr.detail, hint: pgErr.hint }));
+    }
+    this.close();
+  }
+
+  /** Closes the session. `unclean`: the server saw a partial message and cannot be reused. */
+  close(unclean = false): void {
+    if (this.state === CLOSED) {
+      this.socket.destroySoon?.();
+      return;
+    }
+    const wasReady = this.state === READY || this.state === LOGIN;
+    this.state = CLOSED;
+    this.pending = [];
+    this.ctx.unregister(this);
+    if (this.acquiring && this.pool) this.pool.cancelWait(this);
+    const lease = this.lease;
+    this.lease = null;
+    if (lease) {
+      const idle = !unclean && this.releasable(lease.txStatus);
+      lease.release(idle, idle && this.userConfig?.pooler_mode === "session");
+    }
+    if (!this.socket.destroyed) this.socket.end();
+    if (wasReady) this.ctx.logger.debug({ client: this.remote, user: this.user, database: this.database }, "client closed");
+  }
+}
+
+function toClientError(err: unknown): PgError {
+  if (err instanceof PgError) return err;
+  if (err instanceof PgwardenError) {
+    switch (err.code) {
+      case "CHECKOUT_TIMEOUT":
+        return new PgError("FATAL", "53300", err.message);
+      case "POOL_CLOSED":
+        return new PgError("FATAL", "57P01", err.message);
+      case "SERVER_CONNECT":
+      case "SERVER_CONNECT_TIMEOUT":
+      case "SERVER_TLS":
+      case "SERVER_PROTOCOL":
+      case "SERVER_AUTH":
+      case "SERVER_CLOSED":
+        return new PgError("FATAL", "08006", `pgwarden: ${err.message}`);
+      case "CREDENTIAL":
+        return new PgError("FATAL", "08006", `pgwarden: ${err.message}`);
+    }
+  }
+  if (err instanceof Error && err.name === "ProtocolError") return new PgError("FATAL", "08P01", `invalid frontend message: ${err.message}`);
+  return new PgError("FATAL", "XX000", "pgwarden: internal error");
+}

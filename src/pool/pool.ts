@@ -1,0 +1,380 @@
+// Pool: the server connections of one (user, database) pair.
+//
+// Model: a server connection is idle (on the `idle` stack, LIFO so that the busiest connections
+// stay warm and the others age out by idle_timeout), leased (`leased` set, attached to exactly
+// one client through a Lease), or being opened (`connecting` count). Clients that find no idle
+// server wait in a FIFO queue with their own checkout_timeout; every connection that becomes
+// free (released clean, or newly opened) goes to the head waiter first. Capacity is
+// idle + leased + connecting <= pool_size. A failed open rejects the waiter it was opened for
+// (fail fast with the cause) rather than letting it sit out its timeout. Maintenance (driven by
+// the registry's timer) closes servers past idle_timeout (down to min_pool_size) or past
+// server_lifetime, and refills to min_pool_size with exponential backoff after failures.
+// Draining (config change, shutdown) stops checkouts; leased servers close when released.
+
+import type { ServerConnection, ServerOptions, TlsMode } from "../backend/index.js";
+import { ServerConnection as Server } from "../backend/index.js";
+import type { PoolerMode } from "../config/index.js";
+import { type Logger, PgwardenError, Queue, errorMessage, isAuthFailure } from "../util/index.js";
+import { Lease, type LeaseHolder } from "./lease.js";
+
+export interface PoolSettings {
+  /** The client-facing user and database of this pool. */
+  readonly user: string;
+  readonly database: string;
+  readonly host: string;
+  readonly port: number;
+  readonly serverDatabase: string;
+  readonly serverUser: string;
+  readonly poolSize: number;
+  readonly minPoolSize: number;
+  readonly mode: PoolerMode;
+  readonly idleTimeout: number;
+  readonly serverLifetime: number;
+  readonly checkoutTimeout: number;
+  readonly connectTimeout: number;
+  readonly tlsMode: TlsMode;
+  readonly tlsCa: Buffer | undefined;
+  readonly credential: CredentialSource;
+}
+
+/**
+ * Where a pool's server logins get their secret. `invalidate` (token sources) is told when the
+ * server rejected a secret; it resolves with a replacement, and the login is retried once.
+ */
+export interface CredentialSource {
+  get(): Promise<string>;
+  invalidate?(rejected: string): Promise<string>;
+}
+
+interface Waiter {
+  resolve: (lease: Lease) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout | null;
+  holder: LeaseHolder;
+  done: boolean;
+  since: number;
+}
+
+export interface PoolStats {
+  idle: number;
+  active: number;
+  connecting: number;
+  waiting: number;
+  maxWaitMs: number;
+  totalXact: number;
+  totalQuery: number;
+  totalWaitMs: number;
+  checkouts: number;
+  connectFailures: number;
+}
+
+export class Pool {
+  readonly name: string;
+  settings: PoolSettings;
+  readonly idle: ServerConnection[] = [];
+  readonly leased = new Map<ServerConnection, Lease>();
+  connecting = 0;
+  private readonly waiters = new Queue<Waiter>();
+  private draining = false;
+  private failures = 0;
+  private nextRefillAt = 0;
+  readonly logger: Logger;
+  readonly stats = { totalXact: 0, totalQuery: 0, totalWaitMs: 0, checkouts: 0, connectFailures: 0 };
+
+  constructor(settings: PoolSettings, logger: Logger) {
+    this.settings = settings;
+    this.name = `${settings.user}/${settings.database}`;
+    this.logger = logger;
+  }
+
+  get size(): number {
+    return this.idle.length + this.leased.size + this.connecting;
+  }
+
+  get waiting(): number {
+    return this.waiters.length;
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /**
+   * A lease on a server connection for `holder`. Synchronous when an idle server is at hand
+   * (the common case on the hot path); otherwise a promise that settles within checkout_timeout.
+   */
+  acquire(holder: LeaseHolder): Lease | Promise<Lease> {
+    if (this.draining) {
+      return Promise.reject(new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }));
+    }
+    this.stats.checkouts++;
+    const server = this.popIdle();
+    if (server !== null) return this.lease(server, holder);
+    return new Promise<Lease>((resolve, reject) => {
+      const since = performance.now();
+      const waiter: Waiter = { resolve, reject, timer: null, holder, done: false, since };
+      const { checkoutTimeout } = this.settings;
+      waiter.resolve = (lease) => {
+        this.stats.totalWaitMs += performance.now() - since;
+        resolve(lease);
+      };
+      if (checkoutTimeout > 0) {
+        waiter.timer = setTimeout(() => {
+          if (waiter.done) return;
+          waiter.done = true;
+          this.stats.totalWaitMs += performance.now() - since;
+          reject(
+            new PgwardenError(
+              "CHECKOUT_TIMEOUT",
+              `no server connection available in pool "${this.name}" within checkout_timeout (${checkoutTimeout} ms)`,
+              { pool: this.name },
+            ),
+          );
+        }, checkoutTimeout);
+      }
+      this.waiters.push(waiter);
+      if (this.size < this.settings.poolSize && this.connecting < this.liveWaiters()) this.open();
+    });
+  }
+
+  /** Forgets a waiter whose client went away. */
+  cancelWait(holder: LeaseHolder): void {
+    for (const w of this.waiters) {
+      if (w.holder === holder && !w.done) {
+        w.done = true;
+        if (w.timer) clearTimeout(w.timer);
+      }
+    }
+  }
+
+  /**
+   * Called by Lease.release. `clean`: the server is idle and fit for another client. `reset`:
+   * run DISCARD ALL first (session pooling).
+   */
+  release(lease: Lease, clean: boolean, reset: boolean): void {
+    const server = lease.server;
+    this.leased.delete(server);
+    server.detach();
+    if (!clean || server.closed || this.draining || server.ageMs > this.settings.serverLifetime) {
+      this.discard(server, clean ? "released" : "released unclean (client left mid-transaction or server state unknown)");
+      this.afterLoss();
+      return;
+    }
+    if (reset) {
+      this.leased.set(server, lease); // still unavailable while resetting
+      server.query("DISCARD ALL").then(
+        () => {
+          this.leased.delete(server);
+          server.applied.clear();
+          this.handOut(server);
+        },
+        (err: unknown) => {
+          this.leased.delete(server);
+          this.discard(server, `reset failed: ${errorMessage(err)}`);
+          this.afterLoss();
+        },
+      );
+      return;
+    }
+    this.handOut(server);
+  }
+
+  /** Opens connections up to min_pool_size; resolves when those attempts have settled. */
+  async warm(): Promise<void> {
+    const attempts: Array<Promise<unknown>> = [];
+    while (this.size < this.settings.minPoolSize) attempts.push(this.open());
+    await Promise.allSettled(attempts);
+  }
+
+  /** Periodic upkeep: idle_timeout, server_lifetime, min_pool_size. */
+  maintain(now = performance.now()): void {
+    if (this.draining) return;
+    const { idleTimeout, serverLifetime, minPoolSize } = this.settings;
+    for (let i = 0; i < this.idle.length; ) {
+      const s = this.idle[i]!;
+      const expired = s.ageMs > serverLifetime;
+      const idleTooLong = idleTimeout > 0 && s.idleMs > idleTimeout && this.size > minPoolSize;
+      if (expired || idleTooLong) {
+        this.idle.splice(i, 1);
+        this.discard(s, expired ? "server_lifetime reached" : "idle_timeout reached");
+      } else {
+        i++;
+      }
+    }
+    if (now >= this.nextRefillAt) {
+      while (this.size < minPoolSize) void this.open().catch(() => {});
+    }
+  }
+
+  /** Stops checkouts, closes idle servers now and leased ones as they come back. */
+  drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    for (const s of this.idle.splice(0)) this.discard(s, "pool drained");
+    for (const w of this.waiters) {
+      if (w.done) continue;
+      w.done = true;
+      if (w.timer) clearTimeout(w.timer);
+      w.reject(new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }));
+    }
+    this.waiters.filter(() => false);
+  }
+
+  /** Closes everything now, leased servers included (their clients get an error). */
+  closeAll(reason: string): void {
+    this.drain();
+    for (const s of [...this.leased.keys()]) s.close(reason);
+  }
+
+  /** Closes idle servers now and leased ones when they are released (RECONNECT). */
+  reconnect(): void {
+    for (const s of this.idle.splice(0)) this.discard(s, "reconnect requested");
+    for (const s of this.leased.keys()) s.markForClose = true;
+  }
+
+  snapshot(): PoolStats {
+    let maxWaitMs = 0;
+    const now = performance.now();
+    for (const w of this.waiters) if (!w.done) maxWaitMs = Math.max(maxWaitMs, now - w.since);
+    return {
+      idle: this.idle.length,
+      active: this.leased.size,
+      connecting: this.connecting,
+      waiting: this.liveWaiters(),
+      maxWaitMs,
+      ...this.stats,
+    };
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  private liveWaiters(): number {
+    let n = 0;
+    for (const w of this.waiters) if (!w.done) n++;
+    return n;
+  }
+
+  private popIdle(): ServerConnection | null {
+    while (this.idle.length > 0) {
+      const s = this.idle.pop()!;
+      if (s.closed) continue;
+      if (s.ageMs > this.settings.serverLifetime) {
+        this.discard(s, "server_lifetime reached");
+        continue;
+      }
+      return s;
+    }
+    return null;
+  }
+
+  private lease(server: ServerConnection, holder: LeaseHolder): Lease {
+    const lease = new Lease(this, server, holder);
+    this.leased.set(server, lease);
+    return lease;
+  }
+
+  /** Gives a free server to the head waiter, or puts it on the idle stack. */
+  private handOut(server: ServerConnection): void {
+    if (server.markForClose) {
+      this.discard(server, "reconnect requested");
+      this.afterLoss();
+      return;
+    }
+    for (let w = this.waiters.shift(); w !== undefined; w = this.waiters.shift()) {
+      if (w.done) continue;
+      w.done = true;
+      if (w.timer) clearTimeout(w.timer);
+      w.resolve(this.lease(server, w.holder));
+      return;
+    }
+    server.lastReleasedAt = performance.now();
+    this.idle.push(server);
+  }
+
+  /** After a server is gone: open a replacement if clients are waiting for one. */
+  private afterLoss(): void {
+    if (this.draining) return;
+    if (this.liveWaiters() > this.connecting && this.size < this.settings.poolSize) void this.open().catch(() => {});
+  }
+
+  private discard(server: ServerConnection, reason: string): void {
+    server.onClose = null;
+    server.close(reason);
+  }
+
+  private open(): Promise<ServerConnection> {
+    this.connecting++;
+    const s = this.settings;
+    const attempt = this.connectWithRetry();
+    attempt.then(
+      (server) => {
+        this.connecting--;
+        this.failures = 0;
+        if (this.draining) {
+          this.discard(server, "pool drained");
+          return;
+        }
+        server.onClose = (dead) => this.onServerClosed(dead);
+        this.handOut(server);
+      },
+      (err: unknown) => {
+        this.connecting--;
+        this.failures++;
+        this.stats.connectFailures++;
+        this.nextRefillAt = performance.now() + Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7));
+        this.logger.warn({ pool: this.name, host: s.host, port: s.port, err: errorMessage(err) }, "server connect failed");
+        // The open was for a waiter (or for min_pool_size): fail the head waiter with the cause,
+        // unless other opens in flight will serve it.
+        const live = this.liveWaiters();
+        if (live > this.connecting) {
+          for (let w = this.waiters.shift(); w !== undefined; w = this.waiters.shift()) {
+            if (w.done) continue;
+            w.done = true;
+            if (w.timer) clearTimeout(w.timer);
+            w.reject(err as Error);
+            break;
+          }
+        }
+      },
+    );
+    return attempt;
+  }
+
+  /** One login; if the server rejects the secret and the source can replace it, one retry. */
+  private async connectWithRetry(): Promise<ServerConnection> {
+    const s = this.settings;
+    const cred = s.credential;
+    let used: string | undefined;
+    const opts: ServerOptions = {
+      host: s.host,
+      port: s.port,
+      database: s.serverDatabase,
+      user: s.serverUser,
+      getCredential: () =>
+        cred.get().then((secret) => {
+          used = secret;
+          return secret;
+        }),
+      connectTimeout: s.connectTimeout,
+      tlsMode: s.tlsMode,
+      tlsCa: s.tlsCa,
+      logger: this.logger,
+      label: this.name,
+    };
+    try {
+      return await Server.connect(opts);
+    } catch (err) {
+      if (!isAuthFailure(err) || used === undefined || cred.invalidate === undefined) throw err;
+      this.logger.warn({ pool: this.name, err: errorMessage(err) }, "server rejected the credential; retrying once with a fresh one");
+      const fresh = await cred.invalidate(used);
+      return Server.connect({ ...opts, getCredential: () => Promise.resolve(fresh) });
+    }
+  }
+
+  private onServerClosed(server: ServerConnection): void {
+    const i = this.idle.indexOf(server);
+    if (i >= 0) this.idle.splice(i, 1);
+    this.leased.delete(server);
+    this.afterLoss();
+  }
+}
