@@ -2,8 +2,8 @@
 // connect_timeout, against real PostgreSQL servers.
 import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
+import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { connect, loginError } from "./helpers.js";
 import { makeCerts, type TestCerts } from "./tls-certs.js";
 
@@ -36,7 +36,11 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-async function pooler(users: Array<Record<string, unknown>>, general: Record<string, unknown> = {}, host = cluster.host) {
+async function pooler(
+  users: Array<Record<string, unknown>>,
+  general: Record<string, unknown> = {},
+  host: string = cluster.host,
+) {
   const pw = await startPgwarden({
     general: { tls_verify: "disabled", ...general },
     databases: [{ name: "postgres", host, port: cluster.port }],
@@ -77,15 +81,28 @@ describe("TLS to the server", () => {
   const sslQuery = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
 
   it("disabled: plain connection", async () => {
-    const pw = await pooler([{ name: "scramuser", server_password: "scram-secret" }], { tls_verify: "disabled" });
+    const pw = await pooler([{ name: "scramuser", server_password: "scram-secret" }], {
+      tls_verify: "disabled",
+    });
     const c = await connect(pw, "scramuser", "client", "postgres");
     expect((await c.query(sslQuery)).rows[0].ssl).toBe(false);
     await c.end();
-    expect((await loginError(await pooler([{ name: "tlsonly", server_password: "tls-secret" }]), "tlsonly", "client", "postgres")).code).toBe("28000");
+    expect(
+      (
+        await loginError(
+          await pooler([{ name: "tlsonly", server_password: "tls-secret" }]),
+          "tlsonly",
+          "client",
+          "postgres",
+        )
+      ).code,
+    ).toBe("28000");
   });
 
   it("prefer: TLS when the server offers it, without verification", async () => {
-    const pw = await pooler([{ name: "tlsonly", server_password: "tls-secret" }], { tls_verify: "prefer" });
+    const pw = await pooler([{ name: "tlsonly", server_password: "tls-secret" }], {
+      tls_verify: "prefer",
+    });
     const c = await connect(pw, "tlsonly", "client", "postgres");
     expect((await c.query(sslQuery)).rows[0].ssl).toBe(true);
     await c.end();
@@ -113,11 +130,19 @@ describe("TLS to the server", () => {
   });
 
   it("verify_full: checks the name too", async () => {
-    const good = await pooler([{ name: "tlsonly", server_password: "tls-secret" }], { tls_verify: "verify_full", tls_server_ca_certificate: certs.caFile }, "localhost");
+    const good = await pooler(
+      [{ name: "tlsonly", server_password: "tls-secret" }],
+      { tls_verify: "verify_full", tls_server_ca_certificate: certs.caFile },
+      "localhost",
+    );
     const c = await connect(good, "tlsonly", "client", "postgres");
     expect((await c.query(sslQuery)).rows[0].ssl).toBe(true);
     await c.end();
-    const bad = await pooler([{ name: "tlsonly", server_password: "tls-secret" }], { tls_verify: "verify_full", tls_server_ca_certificate: certs.caFile }, "127.0.0.1");
+    const bad = await pooler(
+      [{ name: "tlsonly", server_password: "tls-secret" }],
+      { tls_verify: "verify_full", tls_server_ca_certificate: certs.caFile },
+      "127.0.0.1",
+    );
     const err = await loginError(bad, "tlsonly", "client", "postgres");
     expect(err.code).toBe("08006");
     expect(err.message).toMatch(/127\.0\.0\.1|altnames|Hostname/i);
@@ -133,7 +158,9 @@ describe("connect_timeout", () => {
     const pw = await startPgwarden({
       general: { connect_timeout: 700, tls_verify: "disabled" },
       databases: [{ name: "hole", host: "127.0.0.1", port }],
-      users: [{ name: "u", database: "hole", password: "client", server_password: "x", min_pool_size: 0 }],
+      users: [
+        { name: "u", database: "hole", password: "client", server_password: "x", min_pool_size: 0 },
+      ],
     });
     started.push(pw);
     const err = await loginError(pw, "u", "client", "hole");

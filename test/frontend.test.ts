@@ -3,8 +3,8 @@
 import { createHash } from "node:crypto";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
+import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { connect, eventually, loginError, rawExchange, sleep } from "./helpers.js";
 
 let cluster: PgCluster;
@@ -21,12 +21,22 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-async function pooler(authType: string, extraUsers: Array<Record<string, unknown>> = [], general: Record<string, unknown> = {}) {
+async function pooler(
+  authType: string,
+  extraUsers: Array<Record<string, unknown>> = [],
+  general: Record<string, unknown> = {},
+) {
   const pw = await startPgwarden({
     general: { auth_type: authType, ...general },
     databases: [{ name: "appdb", host: cluster.host, port: cluster.port }],
     users: [
-      { name: "app", database: "appdb", password: "client-secret", server_password: "app-server-pw", pool_size: 4 },
+      {
+        name: "app",
+        database: "appdb",
+        password: "client-secret",
+        server_password: "app-server-pw",
+        pool_size: 4,
+      },
       ...extraUsers,
     ],
   });
@@ -61,7 +71,9 @@ describe("client authentication", () => {
     const rows = await cluster.query("select rolpassword from pg_authid where rolname = 'app'");
     const verifier = rows[0].rolpassword as string;
     expect(verifier.startsWith("SCRAM-SHA-256$")).toBe(true);
-    const md5 = `md5${createHash("md5").update("md5-pw" + "app").digest("hex")}`;
+    const md5 = `md5${createHash("md5")
+      .update("md5-pw" + "app")
+      .digest("hex")}`;
     for (const [authType, stored, good] of [
       ["scram", verifier, "app-server-pw"],
       ["md5", md5, "md5-pw"],
@@ -71,7 +83,9 @@ describe("client authentication", () => {
       const pw = await startPgwarden({
         general: { auth_type: authType },
         databases: [{ name: "appdb", host: cluster.host, port: cluster.port }],
-        users: [{ name: "app", database: "appdb", password: stored, server_password: "app-server-pw" }],
+        users: [
+          { name: "app", database: "appdb", password: stored, server_password: "app-server-pw" },
+        ],
       });
       started.push(pw);
       const c = await connect(pw, "app", good, "appdb");
@@ -136,12 +150,21 @@ describe("welcome and cancel", () => {
   });
 
   it("sends the server's ParameterStatus set and its own BackendKeyData", async () => {
-    const client = new pg.Client({ host: pw.host, port: pw.port, user: "app", password: "client-secret", database: "appdb" });
+    const client = new pg.Client({
+      host: pw.host,
+      port: pw.port,
+      user: "app",
+      password: "client-secret",
+      database: "appdb",
+    });
     const params: Record<string, string> = {};
     // biome-ignore lint/suspicious/noExplicitAny: node-pg's connection is not typed
-    (client as any).connection.on("parameterStatus", (m: { parameterName: string; parameterValue: string }) => {
-      params[m.parameterName] = m.parameterValue;
-    });
+    (client as any).connection.on(
+      "parameterStatus",
+      (m: { parameterName: string; parameterValue: string }) => {
+        params[m.parameterName] = m.parameterValue;
+      },
+    );
     await client.connect();
     expect(params.server_version).toMatch(/^\d+/);
     expect(params.client_encoding).toBe("UTF8");
@@ -173,7 +196,10 @@ describe("welcome and cancel", () => {
     };
     await rawExchange(pw, cancelPkt(processID, secretKey ^ 1), 300);
     await sleep(500);
-    const stillRunning = await Promise.race([running.then(() => false), sleep(200).then(() => true)]);
+    const stillRunning = await Promise.race([
+      running.then(() => false),
+      sleep(200).then(() => true),
+    ]);
     expect(stillRunning).toBe(true);
     await rawExchange(pw, cancelPkt(processID, secretKey), 300);
     expect(await running).toBe("57014");

@@ -10,7 +10,14 @@ export async function connect(
   database: string,
   extra: Partial<pg.ClientConfig> = {},
 ): Promise<pg.Client> {
-  const client = new pg.Client({ host: pw.host, port: pw.port, user, password, database, ...extra });
+  const client = new pg.Client({
+    host: pw.host,
+    port: pw.port,
+    user,
+    password,
+    database,
+    ...extra,
+  });
   client.on("error", () => {});
   await client.connect();
   return client;
@@ -24,7 +31,14 @@ export async function loginError(
   database: string,
   extra: Partial<pg.ClientConfig> = {},
 ): Promise<{ code: string; message: string; severity: string }> {
-  const client = new pg.Client({ host: pw.host, port: pw.port, user, password, database, ...extra });
+  const client = new pg.Client({
+    host: pw.host,
+    port: pw.port,
+    user,
+    password,
+    database,
+    ...extra,
+  });
   client.on("error", () => {});
   try {
     await client.connect();
@@ -41,7 +55,11 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls `fn` until it returns true or `timeoutMs` passes (then fails with `what`). */
-export async function eventually(fn: () => Promise<boolean> | boolean, what: string, timeoutMs = 15000): Promise<void> {
+export async function eventually(
+  fn: () => Promise<boolean> | boolean,
+  what: string,
+  timeoutMs = 15000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await fn()) return;
@@ -51,7 +69,11 @@ export async function eventually(fn: () => Promise<boolean> | boolean, what: str
 }
 
 /** Sends raw bytes on a fresh TCP connection and collects what comes back until close or timeout. */
-export function rawExchange(pw: { host: string; port: number }, payload: Buffer, waitMs = 2000): Promise<Buffer> {
+export function rawExchange(
+  pw: { host: string; port: number },
+  payload: Buffer,
+  waitMs = 2000,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     const s = net.connect({ host: pw.host, port: pw.port }, () => s.write(payload));

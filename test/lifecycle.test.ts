@@ -1,7 +1,8 @@
+// biome-ignore-all lint/suspicious/noTemplateCurlyInString: ${VAR} references are what these tests feed pgwarden
 // The pgwarden process as users run it: config errors, ${VAR}, graceful shutdown on signals.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
+import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { connect, loginError, sleep } from "./helpers.js";
 
 let cluster: PgCluster;
@@ -19,7 +20,15 @@ afterAll(async () => {
 
 const base = () => ({
   databases: [{ name: "postgres", host: cluster.host, port: cluster.port }],
-  users: [{ name: "life", database: "postgres", password: "pw", server_password: "life-pw", pool_size: 2 }],
+  users: [
+    {
+      name: "life",
+      database: "postgres",
+      password: "pw",
+      server_password: "life-pw",
+      pool_size: 2,
+    },
+  ],
 });
 
 async function exitOf(pw: Pgwarden): Promise<number | null> {
@@ -32,12 +41,22 @@ async function exitOf(pw: Pgwarden): Promise<number | null> {
 describe("config errors stop startup with exit code 2 and a message naming file, table and key", () => {
   const cases: Array<[string, Record<string, unknown>, RegExp]> = [
     ["unknown key", { general: { prot: 1 } }, /pgwarden\.toml.*\[general\].*prot/],
-    ["wrong type", { general: { default_pool_size: "ten" } }, /pgwarden\.toml.*\[general\].*default_pool_size/],
-    ["user of an undefined database", { users: [{ name: "x", database: "nowhere", password: "p" }] }, /users\.toml.*\[\[users\]\].*database/],
+    [
+      "wrong type",
+      { general: { default_pool_size: "ten" } },
+      /pgwarden\.toml.*\[general\].*default_pool_size/,
+    ],
+    [
+      "user of an undefined database",
+      { users: [{ name: "x", database: "nowhere", password: "p" }] },
+      /users\.toml.*\[\[users\]\].*database/,
+    ],
   ];
   for (const [what, patch, pattern] of cases) {
     it(what, async () => {
-      const pw = await startPgwarden({ ...base(), ...patch, expectExit: true } as Parameters<typeof startPgwarden>[0]);
+      const pw = await startPgwarden({ ...base(), ...patch, expectExit: true } as Parameters<
+        typeof startPgwarden
+      >[0]);
       expect(await exitOf(pw)).toBe(2);
       expect(pw.logs().join("\n")).toMatch(pattern);
     });
@@ -46,7 +65,14 @@ describe("config errors stop startup with exit code 2 and a message naming file,
   it("substitutes ${VAR} from the environment", async () => {
     const pw = await startPgwarden({
       ...base(),
-      users: [{ name: "life", database: "postgres", password: "${CLIENT_PW}", server_password: "${SERVER_PW}" }],
+      users: [
+        {
+          name: "life",
+          database: "postgres",
+          password: "${CLIENT_PW}",
+          server_password: "${SERVER_PW}",
+        },
+      ],
       env: { CLIENT_PW: "from-env", SERVER_PW: "life-pw" },
     });
     started.push(pw);
@@ -63,7 +89,9 @@ describe("graceful shutdown", () => {
       started.push(pw);
       const inTx = await connect(pw, "life", "pw", "postgres");
       const idle = await connect(pw, "life", "pw", "postgres");
-      const idleClosed = new Promise<void>((r) => idle.once("error", () => r()).once("end", () => r()));
+      const idleClosed = new Promise<void>((r) =>
+        idle.once("error", () => r()).once("end", () => r()),
+      );
       await inTx.query("begin");
       await inTx.query("select 1");
       const exited = exitOf(pw);
@@ -71,7 +99,10 @@ describe("graceful shutdown", () => {
       await idleClosed;
       await sleep(300);
       // New clients are turned away while the transaction is still open.
-      const refused = await loginError(pw, "life", "pw", "postgres").catch((e) => ({ code: "REFUSED", message: String(e) }));
+      const refused = await loginError(pw, "life", "pw", "postgres").catch((e) => ({
+        code: "REFUSED",
+        message: String(e),
+      }));
       expect(["57P03", "ECONNREFUSED", "REFUSED"]).toContain(refused.code);
       // The open transaction can still do work and commit.
       expect((await inTx.query("select 'still here' as s")).rows[0].s).toBe("still here");

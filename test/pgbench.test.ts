@@ -2,8 +2,8 @@
 // of 10 in transaction mode, simple and extended protocol, zero failed transactions; and psql.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePgbench, runPgbench, runPsql } from "./harness/clients.js";
-import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
+import { type PgCluster, startPostgres } from "./harness/postgres.js";
 
 let cluster: PgCluster;
 let pw: Pgwarden;
@@ -15,7 +15,15 @@ beforeAll(async () => {
   pw = await startPgwarden({
     general: { pooler_mode: "transaction", checkout_timeout: 30000 },
     databases: [{ name: "benchdb", host: cluster.host, port: cluster.port }],
-    users: [{ name: "bench", database: "benchdb", password: "client-pw", server_password: "bench-pw", pool_size: 10 }],
+    users: [
+      {
+        name: "bench",
+        database: "benchdb",
+        password: "client-pw",
+        server_password: "bench-pw",
+        pool_size: 10,
+      },
+    ],
   });
   const init = await runPgbench(["-i", "-s", "2", "-q", "benchdb"], { env: env() });
   expect(init.code, init.stderr).toBe(0);
@@ -33,7 +41,10 @@ function env() {
 describe("pgbench through pgwarden", () => {
   for (const mode of ["simple", "extended"]) {
     it(`-c 50 -j 2 -T 10 -M ${mode}: zero failed transactions, never more than 10 servers`, async () => {
-      const r = await runPgbench(["-n", "-c", "50", "-j", "2", "-T", "10", "-M", mode, "benchdb"], { env: env(), timeoutMs: 60000 });
+      const r = await runPgbench(["-n", "-c", "50", "-j", "2", "-T", "10", "-M", mode, "benchdb"], {
+        env: env(),
+        timeoutMs: 60000,
+      });
       expect(r.code, r.stderr).toBe(0);
       const stats = parsePgbench(r.stdout);
       expect(stats.failed).toBe(0);
@@ -43,7 +54,10 @@ describe("pgbench through pgwarden", () => {
   }
 
   it("psql runs queries through it", async () => {
-    const r = await runPsql(["-X", "-At", "-d", "benchdb", "-c", "select count(*) from pgbench_branches"], { env: env() });
+    const r = await runPsql(
+      ["-X", "-At", "-d", "benchdb", "-c", "select count(*) from pgbench_branches"],
+      { env: env() },
+    );
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe("2");
   });

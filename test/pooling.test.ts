@@ -1,8 +1,8 @@
 // Pooling through real clients against a real PostgreSQL: sizes, timeouts, FIFO waiters,
 // transaction and session pooling, dirty disconnects, server deaths.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
+import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { connect, eventually, loginError, sleep } from "./helpers.js";
 
 let cluster: PgCluster;
@@ -20,11 +20,19 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-async function pooler(users: Array<Record<string, unknown>>, general: Record<string, unknown> = {}) {
+async function pooler(
+  users: Array<Record<string, unknown>>,
+  general: Record<string, unknown> = {},
+) {
   const pw = await startPgwarden({
     general,
     databases: [{ name: "pooldb", host: cluster.host, port: cluster.port }],
-    users: users.map((u) => ({ database: "pooldb", password: "pw", server_password: `${u.name}-pw`, ...u })),
+    users: users.map((u) => ({
+      database: "pooldb",
+      password: "pw",
+      server_password: `${u.name}-pw`,
+      ...u,
+    })),
   });
   started.push(pw);
   return pw;
@@ -36,7 +44,9 @@ describe("pool sizes", () => {
   it("opens min_pool_size at startup and never exceeds pool_size", async () => {
     const pw = await pooler([{ name: "txn", pool_size: 3, min_pool_size: 2 }]);
     expect(await serverCount("txn")).toBe(2);
-    const clients = await Promise.all(Array.from({ length: 10 }, () => connect(pw, "txn", "pw", "pooldb")));
+    const clients = await Promise.all(
+      Array.from({ length: 10 }, () => connect(pw, "txn", "pw", "pooldb")),
+    );
     await Promise.all(clients.map((c) => c.query("select pg_sleep(0.2)")));
     expect(await serverCount("txn")).toBe(3);
     await Promise.all(clients.map((c) => c.end()));
@@ -45,21 +55,33 @@ describe("pool sizes", () => {
   });
 
   it("closes idle servers after idle_timeout down to min_pool_size", async () => {
-    const pw = await pooler([{ name: "small", pool_size: 4, min_pool_size: 1 }], { idle_timeout: 500 });
-    const clients = await Promise.all(Array.from({ length: 4 }, () => connect(pw, "small", "pw", "pooldb")));
+    const pw = await pooler([{ name: "small", pool_size: 4, min_pool_size: 1 }], {
+      idle_timeout: 500,
+    });
+    const clients = await Promise.all(
+      Array.from({ length: 4 }, () => connect(pw, "small", "pw", "pooldb")),
+    );
     await Promise.all(clients.map((c) => c.query("select pg_sleep(0.3)")));
     expect(await serverCount("small")).toBe(4);
-    await eventually(async () => (await serverCount("small")) === 1, "idle servers closed down to min_pool_size");
+    await eventually(
+      async () => (await serverCount("small")) === 1,
+      "idle servers closed down to min_pool_size",
+    );
     await Promise.all(clients.map((c) => c.end()));
     await pw.stop();
   });
 
   it("replaces servers older than server_lifetime", async () => {
-    const pw = await pooler([{ name: "life", pool_size: 1, min_pool_size: 1 }], { server_lifetime: 800 });
+    const pw = await pooler([{ name: "life", pool_size: 1, min_pool_size: 1 }], {
+      server_lifetime: 800,
+    });
     const c = await connect(pw, "life", "pw", "pooldb");
     const first = (await c.query("select pg_backend_pid() as p")).rows[0].p;
     await sleep(1500);
-    await eventually(async () => (await c.query("select pg_backend_pid() as p")).rows[0].p !== first, "a new backend");
+    await eventually(
+      async () => (await c.query("select pg_backend_pid() as p")).rows[0].p !== first,
+      "a new backend",
+    );
     await c.end();
     await pw.stop();
   });
@@ -67,7 +89,9 @@ describe("pool sizes", () => {
 
 describe("waiting for a server", () => {
   it("a client that waits past checkout_timeout gets a clear error, others carry on", async () => {
-    const pw = await pooler([{ name: "small", pool_size: 1, min_pool_size: 0 }], { checkout_timeout: 400 });
+    const pw = await pooler([{ name: "small", pool_size: 1, min_pool_size: 0 }], {
+      checkout_timeout: 400,
+    });
     const holder = await connect(pw, "small", "pw", "pooldb");
     await holder.query("begin");
     const waiter = await connect(pw, "small", "pw", "pooldb").catch((e) => e);
@@ -84,9 +108,13 @@ describe("waiting for a server", () => {
   });
 
   it("serves waiters first come, first served", async () => {
-    const pw = await pooler([{ name: "small", pool_size: 1, min_pool_size: 1 }], { checkout_timeout: 20000 });
+    const pw = await pooler([{ name: "small", pool_size: 1, min_pool_size: 1 }], {
+      checkout_timeout: 20000,
+    });
     const holder = await connect(pw, "small", "pw", "pooldb");
-    const others = await Promise.all(Array.from({ length: 4 }, () => connect(pw, "small", "pw", "pooldb")));
+    const others = await Promise.all(
+      Array.from({ length: 4 }, () => connect(pw, "small", "pw", "pooldb")),
+    );
     await holder.query("begin");
     const order: number[] = [];
     const runs: Array<Promise<unknown>> = [];
@@ -106,7 +134,9 @@ describe("waiting for a server", () => {
 
 describe("transaction pooling", () => {
   it("shares one server between clients between transactions, never inside one", async () => {
-    const pw = await pooler([{ name: "txn", pool_size: 1, min_pool_size: 1, pooler_mode: "transaction" }]);
+    const pw = await pooler([
+      { name: "txn", pool_size: 1, min_pool_size: 1, pooler_mode: "transaction" },
+    ]);
     const a = await connect(pw, "txn", "pw", "pooldb");
     const b = await connect(pw, "txn", "pw", "pooldb");
     const pidA = (await a.query("select pg_backend_pid() as p")).rows[0].p;
@@ -129,7 +159,9 @@ describe("transaction pooling", () => {
   });
 
   it("a client that disconnects inside a transaction never hands the dirty server on", async () => {
-    const pw = await pooler([{ name: "txn", pool_size: 1, min_pool_size: 1, pooler_mode: "transaction" }]);
+    const pw = await pooler([
+      { name: "txn", pool_size: 1, min_pool_size: 1, pooler_mode: "transaction" },
+    ]);
     const a = await connect(pw, "txn", "pw", "pooldb");
     await a.query("begin");
     const xid = (await a.query("select txid_current() as x")).rows[0].x;
@@ -137,9 +169,13 @@ describe("transaction pooling", () => {
     // biome-ignore lint/suspicious/noExplicitAny: abrupt close of the socket, as a crashed app would
     (a as any).connection.stream.destroy();
     const b = await connect(pw, "txn", "pw", "pooldb");
-    const r = await b.query("select txid_current_if_assigned() as x, current_setting('transaction_isolation') as iso");
+    const r = await b.query(
+      "select txid_current_if_assigned() as x, current_setting('transaction_isolation') as iso",
+    );
     expect(r.rows[0].x).toBeNull();
-    const st = await b.query("select count(*)::int as n from pg_stat_activity where usename = 'txn' and state like 'idle in transaction%'");
+    const st = await b.query(
+      "select count(*)::int as n from pg_stat_activity where usename = 'txn' and state like 'idle in transaction%'",
+    );
     expect(st.rows[0].n).toBe(0);
     await b.end();
     await pw.stop();
@@ -148,7 +184,10 @@ describe("transaction pooling", () => {
 
 describe("session pooling", () => {
   it("binds a server to the client and resets it with DISCARD ALL before reuse", async () => {
-    const pw = await pooler([{ name: "sess", pool_size: 1, min_pool_size: 1, pooler_mode: "session" }], { checkout_timeout: 300 });
+    const pw = await pooler(
+      [{ name: "sess", pool_size: 1, min_pool_size: 1, pooler_mode: "session" }],
+      { checkout_timeout: 300 },
+    );
     const a = await connect(pw, "sess", "pw", "pooldb");
     const pidA = (await a.query("select pg_backend_pid() as p")).rows[0].p;
     await a.query("set work_mem = '7MB'");
@@ -170,17 +209,27 @@ describe("session pooling", () => {
 
 describe("server failures", () => {
   it("a server that dies: its client gets an error, the others carry on, the pool refills", async () => {
-    const pw = await pooler([{ name: "sess", pool_size: 3, min_pool_size: 3, pooler_mode: "session" }]);
-    const clients = await Promise.all(Array.from({ length: 3 }, () => connect(pw, "sess", "pw", "pooldb")));
-    const pids = await Promise.all(clients.map(async (c) => (await c.query("select pg_backend_pid() as p")).rows[0].p as number));
+    const pw = await pooler([
+      { name: "sess", pool_size: 3, min_pool_size: 3, pooler_mode: "session" },
+    ]);
+    const clients = await Promise.all(
+      Array.from({ length: 3 }, () => connect(pw, "sess", "pw", "pooldb")),
+    );
+    const pids = await Promise.all(
+      clients.map(async (c) => (await c.query("select pg_backend_pid() as p")).rows[0].p as number),
+    );
     const victim = clients[0]!;
     const errored = new Promise<Error>((resolve) => victim.once("error", resolve));
     await cluster.query("select pg_terminate_backend($1)", [pids[0]]);
     const failure = await victim.query("select 1").catch((e) => e);
     expect(failure).toBeInstanceOf(Error);
     await Promise.race([errored, sleep(1000)]);
-    for (const c of clients.slice(1)) expect((await c.query("select 'ok' as s")).rows[0].s).toBe("ok");
-    await eventually(async () => (await serverCount("sess")) === 3, "pool refilled to min_pool_size");
+    for (const c of clients.slice(1))
+      expect((await c.query("select 'ok' as s")).rows[0].s).toBe("ok");
+    await eventually(
+      async () => (await serverCount("sess")) === 3,
+      "pool refilled to min_pool_size",
+    );
     const fresh = await connect(pw, "sess", "pw", "pooldb");
     expect((await fresh.query("select 1 as x")).rows[0].x).toBe(1);
     await Promise.all([fresh, ...clients.slice(1)].map((c) => c.end()));
@@ -190,7 +239,9 @@ describe("server failures", () => {
   it("an idle server that dies is dropped without any client noticing", async () => {
     const pw = await pooler([{ name: "txn", pool_size: 2, min_pool_size: 2 }]);
     const c = await connect(pw, "txn", "pw", "pooldb");
-    await cluster.query("select pg_terminate_backend(pid) from pg_stat_activity where usename = 'txn'");
+    await cluster.query(
+      "select pg_terminate_backend(pid) from pg_stat_activity where usename = 'txn'",
+    );
     await sleep(200);
     expect((await c.query("select 'still fine' as s")).rows[0].s).toBe("still fine");
     await c.end();

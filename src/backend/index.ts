@@ -1,2 +1,2 @@
-export { ServerConnection, pgErrorFrom } from "./server-connection.js";
 export type { ServerOptions, ServerSink, TlsMode } from "./server-connection.js";
+export { pgErrorFrom, ServerConnection } from "./server-connection.js";

@@ -18,6 +18,7 @@ import net from "node:net";
 import tls from "node:tls";
 import {
   AuthCode,
+  cancelRequest,
   EVENT_MESSAGE,
   FRAME_COLLECT,
   Framer,
@@ -27,19 +28,18 @@ import {
   md5Response,
   parseErrorFields,
   parseParameterStatus,
-  readCString,
-  ScramClient,
   passwordMessage,
   query as queryMessage,
+  readCString,
+  ScramClient,
   saslInitialResponse,
   saslResponse,
   sslRequest,
   startupMessage,
-  terminate,
   TxStatus,
-  cancelRequest,
+  terminate,
 } from "../protocol/index.js";
-import { type Logger, PgError, PgwardenError, errorMessage } from "../util/index.js";
+import { errorMessage, type Logger, PgError, PgwardenError } from "../util/index.js";
 
 export type TlsMode = "disabled" | "prefer" | "verify_ca" | "verify_full";
 
@@ -173,7 +173,8 @@ export class ServerConnection {
 
   /** Runs one pooler-issued simple query; rejects with the server's PgError if it fails. */
   query(sql: string): Promise<void> {
-    if (this.closed) return Promise.reject(new PgwardenError("SERVER_CLOSED", "server connection closed"));
+    if (this.closed)
+      return Promise.reject(new PgwardenError("SERVER_CLOSED", "server connection closed"));
     return new Promise((resolve, reject) => {
       this.internal = { resolve, reject, error: null };
       this.mode = MODE_INTERNAL;
@@ -187,7 +188,9 @@ export class ServerConnection {
     const { host, port } = this.opts;
     const s = net.connect({ host, port });
     s.on("connect", () => s.end(cancelRequest(this.pid, this.secret)));
-    s.on("error", (err) => this.opts.logger.warn({ server: this.opts.label, err: err.message }, "cancel request failed"));
+    s.on("error", (err) =>
+      this.opts.logger.warn({ server: this.opts.label, err: err.message }, "cancel request failed"),
+    );
     s.setTimeout(this.opts.connectTimeout, () => s.destroy());
   }
 
@@ -209,7 +212,8 @@ export class ServerConnection {
     );
     const internal = this.internal;
     this.internal = null;
-    if (internal) internal.reject(new PgwardenError("SERVER_CLOSED", `server connection closed: ${reason}`));
+    if (internal)
+      internal.reject(new PgwardenError("SERVER_CLOSED", `server connection closed: ${reason}`));
     const sink = this.sink;
     this.sink = null;
     if (sink) sink.serverLost(err ?? new PgwardenError("SERVER_CLOSED", reason));
@@ -261,7 +265,10 @@ export class ServerConnection {
 
   private idleData(data: Buffer): void {
     // An idle server only speaks before it goes away (FATAL on termination) or for async notices.
-    this.opts.logger.debug({ server: this.opts.label, bytes: data.length }, "unexpected data from idle server");
+    this.opts.logger.debug(
+      { server: this.opts.label, bytes: data.length },
+      "unexpected data from idle server",
+    );
   }
 
   private internalMessage(type: number, body: Buffer): void {
@@ -292,7 +299,9 @@ interface InternalQuery {
 export function pgErrorFrom(body: Buffer, label: string): PgError {
   const f = parseErrorFields(body);
   const severity = (f.V ?? f.S ?? "ERROR") as "ERROR" | "FATAL";
-  const opts: { detail?: string; hint?: string; context: { pool: string } } = { context: { pool: label } };
+  const opts: { detail?: string; hint?: string; context: { pool: string } } = {
+    context: { pool: label },
+  };
   if (f.D !== undefined) opts.detail = f.D;
   if (f.H !== undefined) opts.hint = f.H;
   return new PgError(severity, f.C ?? "XX000", f.M ?? "unknown server error", opts);
@@ -324,8 +333,25 @@ class Login {
   start(): void {
     this.armTimer();
     const s = this.socket;
-    s.on("error", (err) => this.fail(new PgwardenError("SERVER_CONNECT", `could not connect to server ${this.where()}: ${err.message}`, this.ctx, err)));
-    s.on("close", () => this.fail(new PgwardenError("SERVER_CONNECT", `server ${this.where()} closed the connection during login`, this.ctx)));
+    s.on("error", (err) =>
+      this.fail(
+        new PgwardenError(
+          "SERVER_CONNECT",
+          `could not connect to server ${this.where()}: ${err.message}`,
+          this.ctx,
+          err,
+        ),
+      ),
+    );
+    s.on("close", () =>
+      this.fail(
+        new PgwardenError(
+          "SERVER_CONNECT",
+          `server ${this.where()} closed the connection during login`,
+          this.ctx,
+        ),
+      ),
+    );
     s.once("connect", () => {
       if (this.conn.opts.tlsMode === "disabled") this.sendStartup();
       else this.requestTls();
@@ -339,9 +365,18 @@ class Login {
 
   private armTimer(): void {
     this.startedAt = performance.now();
-    this.timer = setTimeout(() => {
-      this.fail(new PgwardenError("SERVER_CONNECT_TIMEOUT", `timed out after ${this.conn.opts.connectTimeout} ms connecting to server ${this.where()}`, this.ctx));
-    }, Math.max(1, this.remainingMs));
+    this.timer = setTimeout(
+      () => {
+        this.fail(
+          new PgwardenError(
+            "SERVER_CONNECT_TIMEOUT",
+            `timed out after ${this.conn.opts.connectTimeout} ms connecting to server ${this.where()}`,
+            this.ctx,
+          ),
+        );
+      },
+      Math.max(1, this.remainingMs),
+    );
   }
 
   private pauseTimer(): void {
@@ -357,14 +392,23 @@ class Login {
       s.removeListener("data", onByte);
       const answer = chunk[0];
       if (chunk.length > 1) {
-        this.fail(new PgwardenError("SERVER_TLS", "server sent data after its SSL response", this.ctx));
+        this.fail(
+          new PgwardenError("SERVER_TLS", "server sent data after its SSL response", this.ctx),
+        );
         return;
       }
       if (answer === 0x53 /* S */) {
         this.startTls();
       } else if (answer === 0x4e /* N */) {
         if (this.conn.opts.tlsMode === "prefer") this.sendStartup();
-        else this.fail(new PgwardenError("SERVER_TLS", `server ${this.where()} does not support TLS, and tls_verify is "${this.conn.opts.tlsMode}"`, this.ctx));
+        else
+          this.fail(
+            new PgwardenError(
+              "SERVER_TLS",
+              `server ${this.where()} does not support TLS, and tls_verify is "${this.conn.opts.tlsMode}"`,
+              this.ctx,
+            ),
+          );
       } else {
         this.fail(new PgwardenError("SERVER_TLS", "unexpected answer to SSLRequest", this.ctx));
       }
@@ -384,30 +428,61 @@ class Login {
     if (o.tlsCa) options.ca = o.tlsCa;
     if (net.isIP(o.host) === 0) options.servername = o.host;
     if (o.tlsMode === "verify_ca") options.checkServerIdentity = () => undefined;
-    else if (o.tlsMode === "verify_full") options.checkServerIdentity = (_h, cert) => tls.checkServerIdentity(o.host, cert);
+    else if (o.tlsMode === "verify_full")
+      options.checkServerIdentity = (_h, cert) => tls.checkServerIdentity(o.host, cert);
     const secure = tls.connect(options);
     secure.setNoDelay?.(true);
     this.socket = secure;
-    secure.on("error", (err) => this.fail(new PgwardenError("SERVER_TLS", `TLS with server ${this.where()} failed: ${err.message}`, this.ctx, err)));
-    secure.on("close", () => this.fail(new PgwardenError("SERVER_CONNECT", `server ${this.where()} closed the connection during login`, this.ctx)));
+    secure.on("error", (err) =>
+      this.fail(
+        new PgwardenError(
+          "SERVER_TLS",
+          `TLS with server ${this.where()} failed: ${err.message}`,
+          this.ctx,
+          err,
+        ),
+      ),
+    );
+    secure.on("close", () =>
+      this.fail(
+        new PgwardenError(
+          "SERVER_CONNECT",
+          `server ${this.where()} closed the connection during login`,
+          this.ctx,
+        ),
+      ),
+    );
     secure.once("secureConnect", () => this.sendStartup());
   }
 
   private sendStartup(): void {
     const o = this.conn.opts;
     this.socket.on("data", (chunk: Buffer) => this.onData(chunk));
-    this.socket.write(startupMessage({ user: o.user, database: o.database, ...(o.startupParams ?? {}) }));
+    this.socket.write(
+      startupMessage({ user: o.user, database: o.database, ...(o.startupParams ?? {}) }),
+    );
   }
 
   private onData(chunk: Buffer): void {
     if (this.done) return;
     this.buf.push(chunk);
     try {
-      for (let m = this.buf.next(); m !== null && !this.done; m = this.done ? null : this.buf.next()) {
+      for (
+        let m = this.buf.next();
+        m !== null && !this.done;
+        m = this.done ? null : this.buf.next()
+      ) {
         this.onMessage(m.type, m.body);
       }
     } catch (err) {
-      this.fail(new PgwardenError("SERVER_PROTOCOL", `protocol error from server ${this.where()}: ${errorMessage(err)}`, this.ctx, err));
+      this.fail(
+        new PgwardenError(
+          "SERVER_PROTOCOL",
+          `protocol error from server ${this.where()}: ${errorMessage(err)}`,
+          this.ctx,
+          err,
+        ),
+      );
     }
   }
 
@@ -451,7 +526,9 @@ class Login {
         return;
       case AuthCode.MD5Password: {
         const salt = Buffer.from(body.subarray(4, 8));
-        this.withCredential((secret) => passwordMessage(md5Response(this.conn.opts.user, secret, salt)));
+        this.withCredential((secret) =>
+          passwordMessage(md5Response(this.conn.opts.user, secret, salt)),
+        );
         return;
       }
       case AuthCode.SASL: {
@@ -497,12 +574,29 @@ class Login {
         try {
           this.socket.write(answer(secret));
         } catch (err) {
-          this.fail(new PgwardenError("SERVER_AUTH", `authentication with server ${this.where()} failed: ${errorMessage(err)}`, this.ctx, err));
+          this.fail(
+            new PgwardenError(
+              "SERVER_AUTH",
+              `authentication with server ${this.where()} failed: ${errorMessage(err)}`,
+              this.ctx,
+              err,
+            ),
+          );
           return;
         }
         this.socket.resume();
       },
-      (err: unknown) => this.fail(err instanceof PgwardenError ? err : new PgwardenError("CREDENTIAL", `could not get credential: ${errorMessage(err)}`, this.ctx, err)),
+      (err: unknown) =>
+        this.fail(
+          err instanceof PgwardenError
+            ? err
+            : new PgwardenError(
+                "CREDENTIAL",
+                `could not get credential: ${errorMessage(err)}`,
+                this.ctx,
+                err,
+              ),
+        ),
     );
   }
 
@@ -516,7 +610,14 @@ class Login {
     this.conn.baseline = new Map(this.conn.reported);
     this.conn.installPump(s, this.buf.takeRest());
     this.conn.opts.logger.info(
-      { server: this.conn.opts.label, host: this.conn.opts.host, port: this.conn.opts.port, backend_pid: this.conn.pid, conn: this.conn.id, tls: s instanceof tls.TLSSocket },
+      {
+        server: this.conn.opts.label,
+        host: this.conn.opts.host,
+        port: this.conn.opts.port,
+        backend_pid: this.conn.pid,
+        conn: this.conn.id,
+        tls: s instanceof tls.TLSSocket,
+      },
       "server connection opened",
     );
     this.resolve(this.conn);

@@ -18,7 +18,9 @@ const USAGE = `usage: pgwarden [--config pgwarden.toml] [--users users.toml]
 `;
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+    version: string;
+  };
   return pkg.version;
 }
 
@@ -70,12 +72,16 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
-  process.on("SIGHUP", () => logger.warn("SIGHUP received: configuration reload is not implemented yet; ignoring"));
+  process.on("SIGHUP", () =>
+    logger.warn("SIGHUP received: configuration reload is not implemented yet; ignoring"),
+  );
 
   await registry.start();
-  const addresses = await frontend.listen();
-  const first = addresses[0]!;
-  logger.info({ host: first.host, port: first.port, addresses, pools: [...registry.all()].map((p) => p.name) }, "listening");
+  const address = await frontend.listen();
+  logger.info(
+    { host: address.host, port: address.port, pools: [...registry.all()].map((p) => p.name) },
+    "listening",
+  );
 }
 
 function parse() {

@@ -21,7 +21,10 @@ export interface EngineOptions {
  * The key of an identity: the provider kind plus every setting that changes the secret. Two
  * pools with equal keys share one token.
  */
-export function credentialKey(kind: string, settings: Readonly<Record<string, string | number | undefined>>): string {
+export function credentialKey(
+  kind: string,
+  settings: Readonly<Record<string, string | number | undefined>>,
+): string {
   const parts = Object.keys(settings)
     .sort()
     .filter((k) => settings[k] !== undefined)
@@ -51,7 +54,10 @@ export class CredentialEngine {
         ...(o.maxBackoff !== undefined ? { maxBackoff: o.maxBackoff } : {}),
       });
       this.entries.set(key, entry);
-      this.opts.logger.info({ credential: key, provider: entry.provider.kind }, "credential refresher started");
+      this.opts.logger.info(
+        { credential: key, provider: entry.provider.kind },
+        "credential refresher started",
+      );
     }
     entry.consumers++;
     entry.start();
@@ -65,7 +71,10 @@ export class CredentialEngine {
     if (entry.consumers === 0) {
       entry.stop();
       this.entries.delete(entry.key);
-      this.opts.logger.info({ credential: entry.key, provider: entry.provider.kind }, "credential refresher stopped");
+      this.opts.logger.info(
+        { credential: entry.key, provider: entry.provider.kind },
+        "credential refresher stopped",
+      );
     }
   }
 

@@ -40,7 +40,8 @@ class FakeProvider implements TokenProvider {
           resolve({
             secret: `token-${++this.n}`,
             expiresAt: this.clock.wallNow() + this.lifetime,
-            refreshAt: this.refreshHint === undefined ? undefined : this.clock.wallNow() + this.refreshHint,
+            refreshAt:
+              this.refreshHint === undefined ? undefined : this.clock.wallNow() + this.refreshHint,
           });
       }, this.latency);
     });
@@ -126,7 +127,8 @@ describe("CredentialEntry", () => {
     const gaps = failing.slice(1).map((t, i) => t - failing[i]!);
     expect(failing.length).toBeGreaterThan(3);
     expect(failing.length).toBeLessThan(40); // no hot loop
-    for (let i = 1; i < Math.min(gaps.length, 5); i++) expect(gaps[i]!).toBeGreaterThanOrEqual(gaps[i - 1]!);
+    for (let i = 1; i < Math.min(gaps.length, 5); i++)
+      expect(gaps[i]!).toBeGreaterThanOrEqual(gaps[i - 1]!);
     for (const g of gaps) expect(g).toBeLessThanOrEqual(30_000 + 100);
     expect(entry.snapshot().state).toBe("retrying");
     provider.failing = "no";
@@ -145,8 +147,13 @@ describe("CredentialEntry", () => {
     provider.failing = "error";
     await clock.advance(25_000);
     const callsBefore = provider.calls.length;
-    const errs = await Promise.all(Array.from({ length: 20 }, () => entry.get().catch((e: Error) => e.message)));
-    for (const e of errs) expect(e).toMatch(/^fake: no valid token \(host=db user=u\): HTTP 500 from identity provider/);
+    const errs = await Promise.all(
+      Array.from({ length: 20 }, () => entry.get().catch((e: Error) => e.message)),
+    );
+    for (const e of errs)
+      expect(e).toMatch(
+        /^fake: no valid token \(host=db user=u\): HTTP 500 from identity provider/,
+      );
     expect(provider.calls.length).toBe(callsBefore); // failing fast makes no provider calls
     provider.failing = "no";
     await clock.advance(31_000);
@@ -167,7 +174,10 @@ describe("CredentialEntry", () => {
 
   it("a caller that gives up does not cancel the shared fetch", async () => {
     const { clock, provider, entry } = setup();
-    const impatient = Promise.race([entry.get(), new Promise((r) => clock.setTimeout(() => r("gave up"), 500))]);
+    const impatient = Promise.race([
+      entry.get(),
+      new Promise((r) => clock.setTimeout(() => r("gave up"), 500)),
+    ]);
     await clock.advance(500);
     expect(await impatient).toBe("gave up");
     await clock.advance(1500);
@@ -208,7 +218,12 @@ describe("CredentialEntry", () => {
 describe("CredentialEngine", () => {
   it("shares one entry per key, refcounted; the last release stops it", async () => {
     const clock = new ManualClock();
-    const engine = new CredentialEngine({ refreshBuffer: 45_000, fetchTimeout: 10_000, logger: silentLogger(), clock });
+    const engine = new CredentialEngine({
+      refreshBuffer: 45_000,
+      fetchTimeout: 10_000,
+      logger: silentLogger(),
+      clock,
+    });
     let made = 0;
     const make = () => {
       made++;
@@ -238,7 +253,9 @@ describe("CredentialEngine", () => {
 describe("sanitize", () => {
   it("strips tokens from error texts", () => {
     const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
-    const s = sanitize(`bad request: client_assertion=${jwt}&x=1 access_token: "abc123" X-Amz-Signature=deadbeef`);
+    const s = sanitize(
+      `bad request: client_assertion=${jwt}&x=1 access_token: "abc123" X-Amz-Signature=deadbeef`,
+    );
     expect(s).not.toContain("eyJ");
     expect(s).not.toContain("abc123");
     expect(s).not.toContain("deadbeef");

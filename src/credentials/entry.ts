@@ -14,7 +14,7 @@
 // refetch per `invalidateInterval`). Stopping clears the timer; a fetch still in flight then
 // completes into the cache but schedules nothing.
 
-import { type Logger, PgwardenError, errorMessage } from "../util/index.js";
+import { errorMessage, type Logger, PgwardenError } from "../util/index.js";
 import type { Clock } from "./clock.js";
 import type { CredentialSnapshot, CredentialState, FetchedToken, TokenProvider } from "./types.js";
 
@@ -96,14 +96,22 @@ export class CredentialEntry {
    */
   invalidate(secret: string): Promise<string> {
     if (this.token !== null && this.token.secret === secret) {
-      this.opts.logger.warn({ credential: this.describe(), provider: this.provider.kind }, "server rejected the token; fetching a new one");
+      this.opts.logger.warn(
+        { credential: this.describe(), provider: this.provider.kind },
+        "server rejected the token; fetching a new one",
+      );
       this.token = null;
     }
     if (this.inflight !== null) return this.inflight.then(secretOf);
     if (this.token !== null && this.isUsable(this.token)) return Promise.resolve(this.token.secret);
     const now = this.opts.clock.now();
     if (now - this.lastForcedAt < this.opts.invalidateInterval) {
-      return Promise.reject(new CredentialError(`${this.provider.kind}: the server rejected the token again within ${this.opts.invalidateInterval} ms; not refetching yet`, this.provider.kind));
+      return Promise.reject(
+        new CredentialError(
+          `${this.provider.kind}: the server rejected the token again within ${this.opts.invalidateInterval} ms; not refetching yet`,
+          this.provider.kind,
+        ),
+      );
     }
     this.lastForcedAt = now;
     return this.fetch().then(secretOf);
@@ -184,11 +192,17 @@ export class CredentialEntry {
     this.fetches++;
     this.clearTimer(); // a refresh in progress replaces whatever was scheduled
     const ac = new AbortController();
-    const timeout = clock.setTimeout(() => ac.abort(new Error(`timed out after ${fetchTimeout} ms`)), fetchTimeout);
+    const timeout = clock.setTimeout(
+      () => ac.abort(new Error(`timed out after ${fetchTimeout} ms`)),
+      fetchTimeout,
+    );
     const aborted = new Promise<never>((_, reject) => {
       ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true });
     });
-    const run = Promise.race([Promise.resolve().then(() => provider.fetch(ac.signal)), aborted]).then(
+    const run = Promise.race([
+      Promise.resolve().then(() => provider.fetch(ac.signal)),
+      aborted,
+    ]).then(
       (fetched) => {
         clock.clearTimeout(timeout);
         const held = this.accept(fetched, startedAt);
@@ -233,7 +247,11 @@ export class CredentialEntry {
           "credential fetch failed",
         );
         if (this.started && !this.stopped) this.scheduleRetry();
-        throw new CredentialError(`${provider.kind}: could not get a token (${this.describe()}): ${this.lastError}`, provider.kind, err);
+        throw new CredentialError(
+          `${provider.kind}: could not get a token (${this.describe()}): ${this.lastError}`,
+          provider.kind,
+          err,
+        );
       },
     );
     this.inflight = run;
@@ -315,6 +333,9 @@ export function sanitize(message: string): string {
   return message
     .replace(/eyJ[\w-]+\.[\w-]+\.[\w-]*/g, "[jwt]")
     .replace(/X-Amz-Signature=[0-9a-f]+/gi, "X-Amz-Signature=[redacted]")
-    .replace(/(access_token|client_assertion|password|secret|token)(["':= ]+)[^\s"',&]+/gi, "$1$2[redacted]")
+    .replace(
+      /(access_token|client_assertion|password|secret|token)(["':= ]+)[^\s"',&]+/gi,
+      "$1$2[redacted]",
+    )
     .slice(0, 500);
 }

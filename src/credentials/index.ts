@@ -1,5 +1,5 @@
 export { type Clock, ManualClock, systemClock } from "./clock.js";
-export { CredentialEngine, credentialKey } from "./engine.js";
 export type { EngineOptions } from "./engine.js";
+export { CredentialEngine, credentialKey } from "./engine.js";
 export { CredentialEntry, CredentialError, sanitize } from "./entry.js";
 export type { CredentialSnapshot, CredentialState, FetchedToken, TokenProvider } from "./types.js";

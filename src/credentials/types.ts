@@ -19,7 +19,14 @@ export interface TokenProvider {
   fetch(signal: AbortSignal): Promise<FetchedToken>;
 }
 
-export type CredentialState = "cold" | "fetching" | "valid" | "refreshing" | "retrying" | "expired" | "stopped";
+export type CredentialState =
+  | "cold"
+  | "fetching"
+  | "valid"
+  | "refreshing"
+  | "retrying"
+  | "expired"
+  | "stopped";
 
 /** One row of SHOW CREDENTIALS / the metrics: never the secret. */
 export interface CredentialSnapshot {

@@ -14,14 +14,14 @@ import {
   authenticationSASL,
   authenticationSASLContinue,
   authenticationSASLFinal,
+  isMd5Hash,
   md5PasswordHash,
   parsePasswordMessage,
   parseSaslInitialResponse,
   parseScramVerifier,
   ScramServer,
-  scramVerifier,
   type ScramVerifier,
-  isMd5Hash,
+  scramVerifier,
   verifyMd5Response,
 } from "../protocol/index.js";
 
@@ -61,7 +61,8 @@ export class ClientAuth {
 
   start(): AuthStep {
     if (this.method === "trust") return { kind: "ok" };
-    if (this.stored === undefined) return { kind: "fail", reason: "no password configured for this user" };
+    if (this.stored === undefined)
+      return { kind: "fail", reason: "no password configured for this user" };
     switch (this.method) {
       case "plain":
         return { kind: "send", data: authenticationCleartextPassword };
@@ -81,7 +82,9 @@ export class ClientAuth {
         return { kind: "fail", reason: "unexpected password message" };
       case "plain": {
         const given = parsePasswordMessage(body);
-        return this.checkCleartext(stored, given) ? { kind: "ok" } : { kind: "fail", reason: "password does not match" };
+        return this.checkCleartext(stored, given)
+          ? { kind: "ok" }
+          : { kind: "fail", reason: "password does not match" };
       }
       case "md5": {
         const given = parsePasswordMessage(body);
@@ -98,9 +101,11 @@ export class ClientAuth {
   private scramStep(stored: string, body: Buffer): AuthStep {
     if (this.scram === null) {
       const { mechanism, data } = parseSaslInitialResponse(body);
-      if (mechanism !== "SCRAM-SHA-256") return { kind: "fail", reason: `unsupported SASL mechanism ${mechanism}` };
+      if (mechanism !== "SCRAM-SHA-256")
+        return { kind: "fail", reason: `unsupported SASL mechanism ${mechanism}` };
       const verifier = verifierFor(stored);
-      if (verifier === null) return { kind: "fail", reason: "stored password is an md5 hash; SCRAM is not possible" };
+      if (verifier === null)
+        return { kind: "fail", reason: "stored password is an md5 hash; SCRAM is not possible" };
       this.scram = new ScramServer(verifier);
       // A malformed exchange throws ProtocolError: answered as 08P01, as PostgreSQL does.
       return { kind: "send", data: authenticationSASLContinue(this.scram.handleClientFirst(data)) };
@@ -111,12 +116,13 @@ export class ClientAuth {
   }
 
   private checkCleartext(stored: string, given: string): boolean {
-    if (isMd5Hash(stored)) return timingSafeEqual(sha256(md5PasswordHash(this.user, given)), sha256(stored));
+    if (isMd5Hash(stored))
+      return timingSafeEqual(sha256(md5PasswordHash(this.user, given)), sha256(stored));
     if (stored.startsWith("SCRAM-SHA-256$")) {
       const v = parseScramVerifier(stored);
       if (!v) return false;
       const derived = parseScramVerifier(scramVerifier(given, v.iterations, v.salt));
-      return derived !== null && derived.storedKey.equals(v.storedKey);
+      return derived?.storedKey.equals(v.storedKey) === true;
     }
     // Compare digests so the comparison takes the same time whatever the lengths.
     return timingSafeEqual(sha256(stored), sha256(given));

@@ -36,7 +36,7 @@ import {
   readyForQuery,
   TxStatus,
 } from "../protocol/index.js";
-import { type Logger, PgError, PgwardenError, errorMessage } from "../util/index.js";
+import { errorMessage, type Logger, PgError, PgwardenError } from "../util/index.js";
 import { ClientAuth } from "./client-auth.js";
 
 export interface FrontendContext {
@@ -107,7 +107,8 @@ export class ClientSession implements LeaseHolder {
   }
 
   get isIdle(): boolean {
-    return this.state === READY && (this.lease === null || this.releasable(TxStatus.Idle)) && !this.acquiring;
+    if (this.state !== READY || this.acquiring || this.pending.length > 0) return false;
+    return this.lease === null || this.releasable(this.lease.txStatus);
   }
 
   get serverPid(): number {
@@ -127,7 +128,9 @@ export class ClientSession implements LeaseHolder {
   requestClose(): void {
     if (this.state === CLOSED) return;
     if (this.state !== READY || this.isIdle) {
-      this.fatal(new PgError("FATAL", "57P01", "terminating connection due to administrator command"));
+      this.fatal(
+        new PgError("FATAL", "57P01", "terminating connection due to administrator command"),
+      );
     } else {
       this.closeWhenIdle = true;
     }
@@ -135,7 +138,9 @@ export class ClientSession implements LeaseHolder {
 
   /** Forced close at the end of the shutdown grace period. */
   forceClose(): void {
-    this.fatal(new PgError("FATAL", "57P01", "terminating connection due to administrator command"));
+    this.fatal(
+      new PgError("FATAL", "57P01", "terminating connection due to administrator command"),
+    );
   }
 
   /** Routes a CancelRequest to the server running this client's query. */
@@ -182,7 +187,11 @@ export class ClientSession implements LeaseHolder {
         const msg = this.buf.next();
         if (msg === null) return;
         if (msg.type !== Msg.Password) {
-          throw new PgError("FATAL", "08P01", `expected password response, got message type "${String.fromCharCode(msg.type)}"`);
+          throw new PgError(
+            "FATAL",
+            "08P01",
+            `expected password response, got message type "${String.fromCharCode(msg.type)}"`,
+          );
         }
         this.onAuthStep(this.auth!.step(msg.body));
       }
@@ -216,7 +225,11 @@ export class ClientSession implements LeaseHolder {
       case "unsupported": {
         const major = p.version >>> 16;
         const minor = p.version & 0xffff;
-        throw new PgError("FATAL", "0A000", `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`);
+        throw new PgError(
+          "FATAL",
+          "0A000",
+          `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`,
+        );
       }
       case "startup":
         this.onStartup(p.params);
@@ -238,15 +251,21 @@ export class ClientSession implements LeaseHolder {
   private onStartup(params: Map<string, string>): void {
     const { config } = this.ctx;
     const user = params.get("user");
-    if (!user) throw new PgError("FATAL", "28000", "no PostgreSQL user name specified in startup packet");
+    if (!user)
+      throw new PgError("FATAL", "28000", "no PostgreSQL user name specified in startup packet");
     this.user = user;
     this.database = params.get("database") || user;
     this.applicationName = params.get("application_name") ?? "";
-    if (params.has("replication") && params.get("replication") !== "false" && params.get("replication") !== "0") {
+    if (
+      params.has("replication") &&
+      params.get("replication") !== "false" &&
+      params.get("replication") !== "0"
+    ) {
       throw new PgError("FATAL", "08P01", "replication connections are not supported by pgwarden");
     }
     if (this.ctx.shuttingDown) throw new PgError("FATAL", "57P03", "pgwarden is shutting down");
-    if (!this.ctx.register(this)) throw new PgError("FATAL", "53300", "sorry, too many clients already");
+    if (!this.ctx.register(this))
+      throw new PgError("FATAL", "53300", "sorry, too many clients already");
 
     if (this.database === config.admin.name && this.ctx.admin) {
       this.state = CLOSED;
@@ -278,7 +297,16 @@ export class ClientSession implements LeaseHolder {
       return;
     }
     if (step.kind === "fail") {
-      this.ctx.logger.info({ client: this.remote, user: this.user, database: this.database, auth: "failed", reason: step.reason }, "client login");
+      this.ctx.logger.info(
+        {
+          client: this.remote,
+          user: this.user,
+          database: this.database,
+          auth: "failed",
+          reason: step.reason,
+        },
+        "client login",
+      );
       throw new PgError("FATAL", "28P01", `password authentication failed for user "${this.user}"`);
     }
     this.socket.write(step.data ? Buffer.concat([step.data, authenticationOk]) : authenticationOk);
@@ -296,7 +324,14 @@ export class ClientSession implements LeaseHolder {
     this.socket.write(Buffer.concat(parts));
     this.state = READY;
     this.ctx.logger.info(
-      { client: this.remote, user: this.user, database: this.database, auth: "ok", tls: this.tls, application_name: this.applicationName || undefined },
+      {
+        client: this.remote,
+        user: this.user,
+        database: this.database,
+        auth: "ok",
+        tls: this.tls,
+        application_name: this.applicationName || undefined,
+      },
       "client login",
     );
     if (this.userConfig!.pooler_mode === "transaction") {
@@ -339,7 +374,9 @@ export class ClientSession implements LeaseHolder {
           // The server refused a setting the client asked for: the server itself is fine.
           if (this.lease === lease) this.lease = null;
           lease.release(!(err instanceof PgwardenError && err.code === "SERVER_CLOSED"));
-          this.fatal(err instanceof PgError ? new PgError("FATAL", err.sqlstate, err.message) : err);
+          this.fatal(
+            err instanceof PgError ? new PgError("FATAL", err.sqlstate, err.message) : err,
+          );
         },
       );
   }
@@ -460,8 +497,17 @@ export class ClientSession implements LeaseHolder {
 
   serverLost(err: Error): void {
     this.lease = null;
-    this.ctx.logger.warn({ client: this.remote, user: this.user, database: this.database, err: err.message }, "server connection lost under client");
-    this.fatal(new PgError("FATAL", "08006", "server connection lost: the PostgreSQL server closed the connection unexpectedly"));
+    this.ctx.logger.warn(
+      { client: this.remote, user: this.user, database: this.database, err: err.message },
+      "server connection lost under client",
+    );
+    this.fatal(
+      new PgError(
+        "FATAL",
+        "08006",
+        "server connection lost: the PostgreSQL server closed the connection unexpectedly",
+      ),
+    );
   }
 
   // ---- ending -------------------------------------------------------------------------------
@@ -471,10 +517,27 @@ export class ClientSession implements LeaseHolder {
     if (this.state === CLOSED) return;
     const pgErr = toClientError(err);
     if (!(err instanceof PgError)) {
-      this.ctx.logger.warn({ client: this.remote, user: this.user, database: this.database, err: errorMessage(err), code: (err as PgwardenError).code }, "client connection failed");
+      this.ctx.logger.warn(
+        {
+          client: this.remote,
+          user: this.user,
+          database: this.database,
+          err: errorMessage(err),
+          code: (err as PgwardenError).code,
+        },
+        "client connection failed",
+      );
     }
     if (!this.socket.destroyed && this.socket.writable) {
-      this.socket.end(errorResponse({ severity: "FATAL", code: pgErr.sqlstate, message: pgErr.message, detail: pgErr.detail, hint: pgErr.hint }));
+      this.socket.end(
+        errorResponse({
+          severity: "FATAL",
+          code: pgErr.sqlstate,
+          message: pgErr.message,
+          detail: pgErr.detail,
+          hint: pgErr.hint,
+        }),
+      );
     }
     this.close();
   }
@@ -497,7 +560,11 @@ export class ClientSession implements LeaseHolder {
       lease.release(idle, idle && this.userConfig?.pooler_mode === "session");
     }
     if (!this.socket.destroyed) this.socket.end();
-    if (wasReady) this.ctx.logger.debug({ client: this.remote, user: this.user, database: this.database }, "client closed");
+    if (wasReady)
+      this.ctx.logger.debug(
+        { client: this.remote, user: this.user, database: this.database },
+        "client closed",
+      );
   }
 }
 
@@ -520,6 +587,7 @@ function toClientError(err: unknown): PgError {
         return new PgError("FATAL", "08006", `pgwarden: ${err.message}`);
     }
   }
-  if (err instanceof Error && err.name === "ProtocolError") return new PgError("FATAL", "08P01", `invalid frontend message: ${err.message}`);
+  if (err instanceof Error && err.name === "ProtocolError")
+    return new PgError("FATAL", "08P01", `invalid frontend message: ${err.message}`);
   return new PgError("FATAL", "XX000", "pgwarden: internal error");
 }

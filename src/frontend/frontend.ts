@@ -2,10 +2,10 @@
 // shutdown. "0.0.0.0" (or "*") listens on every IPv4 address and, when the host has IPv6, on
 // every IPv6 address too.
 
+import { timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import tls from "node:tls";
-import { timingSafeEqual } from "node:crypto";
 import type { Config } from "../config/index.js";
 import type { PoolRegistry } from "../pool/index.js";
 import type { Logger } from "../util/index.js";
@@ -54,41 +54,33 @@ export class Frontend implements FrontendContext {
       this.logger.info({ pid }, "cancel request with unknown key ignored");
       return;
     }
-    this.logger.info({ user: s.user, database: s.database, backend_pid: s.serverPid }, "cancel request forwarded");
+    this.logger.info(
+      { user: s.user, database: s.database, backend_pid: s.serverPid },
+      "cancel request forwarded",
+    );
     s.cancelQuery();
   }
 
-  /** Starts listening; resolves with the bound addresses. */
-  async listen(): Promise<ListenAddress[]> {
+  /**
+   * Starts listening; resolves with the bound address. "0.0.0.0", "*" or "::" listen without a
+   * host, which Node binds dual-stack (every IPv6 and, mapped, every IPv4 address), or IPv4
+   * only on a host without IPv6.
+   */
+  async listen(): Promise<ListenAddress> {
     const { host, port } = this.config.general;
-    const hosts = host === "0.0.0.0" || host === "*" ? ["0.0.0.0", "::"] : [host];
-    const bound: ListenAddress[] = [];
-    let actualPort = port;
-    for (const h of hosts) {
-      const server = net.createServer({ noDelay: true }, (socket) => new ClientSession(socket, this));
-      try {
-        await new Promise<void>((resolve, reject) => {
-          server.once("error", reject);
-          server.listen({ host: h, port: actualPort, ipv6Only: h === "::" }, () => {
-            server.removeListener("error", reject);
-            resolve();
-          });
-        });
-      } catch (err) {
-        // A host without IPv6 still serves IPv4 when listening on every address.
-        if (h === "::" && bound.length > 0) {
-          this.logger.debug({ err: (err as Error).message }, "no IPv6 listener");
-          continue;
-        }
-        throw err;
-      }
-      const addr = server.address() as net.AddressInfo;
-      actualPort = addr.port;
-      bound.push({ host: addr.address, port: addr.port });
-      server.on("error", (err) => this.logger.error({ err: err.message }, "listener error"));
-      this.servers.push(server);
-    }
-    return bound;
+    const wildcard = host === "0.0.0.0" || host === "*" || host === "::";
+    const server = net.createServer({ noDelay: true }, (socket) => new ClientSession(socket, this));
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(wildcard ? { port } : { host, port }, () => {
+        server.removeListener("error", reject);
+        resolve();
+      });
+    });
+    server.on("error", (err) => this.logger.error({ err: err.message }, "listener error"));
+    this.servers.push(server);
+    const addr = server.address() as net.AddressInfo;
+    return { host: addr.address, port: addr.port };
   }
 
   /** Stops accepting; idle clients are closed now, busy ones when their transaction ends. */
@@ -111,5 +103,8 @@ export class Frontend implements FrontendContext {
 function makeTlsContext(config: Config): tls.SecureContext | null {
   const { tls_certificate, tls_private_key } = config.general;
   if (!tls_certificate || !tls_private_key) return null;
-  return tls.createSecureContext({ cert: readFileSync(tls_certificate), key: readFileSync(tls_private_key) });
+  return tls.createSecureContext({
+    cert: readFileSync(tls_certificate),
+    key: readFileSync(tls_private_key),
+  });
 }

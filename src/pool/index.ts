@@ -1,6 +1,6 @@
-export { Lease } from "./lease.js";
 export type { LeaseHolder } from "./lease.js";
+export { Lease } from "./lease.js";
 export { TRACKED_REPORTED, wantedSettings } from "./params.js";
-export { Pool } from "./pool.js";
 export type { CredentialSource, PoolSettings, PoolStats } from "./pool.js";
+export { Pool } from "./pool.js";
 export { PoolRegistry, poolKey } from "./registry.js";

@@ -4,7 +4,6 @@
 
 import type { ServerConnection } from "../backend/index.js";
 import { markSynced, syncQuery } from "./params.js";
-import type { Pool } from "./pool.js";
 
 /** What the client side implements to receive its server's output. */
 export interface LeaseHolder {
@@ -14,11 +13,18 @@ export interface LeaseHolder {
   serverLost(err: Error): void;
 }
 
+/** The pool side of a lease (kept as an interface so lease.ts does not import pool.ts). */
+export interface LeaseOwner {
+  readonly name: string;
+  readonly stats: { totalXact: number; totalQuery: number };
+  release(lease: Lease, clean: boolean, reset: boolean): void;
+}
+
 export class Lease {
   private released = false;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: LeaseOwner,
     readonly server: ServerConnection,
     holder: LeaseHolder,
   ) {

@@ -30,7 +30,10 @@ describe("settings sync", () => {
   });
 
   it("sets what differs, resets what a previous client left, then is in sync", () => {
-    const server = { applied: new Map([["TimeZone", "UTC"]]), baseline: new Map([["DateStyle", "ISO, MDY"]]) };
+    const server = {
+      applied: new Map([["TimeZone", "UTC"]]),
+      baseline: new Map([["DateStyle", "ISO, MDY"]]),
+    };
     const wanted = new Map([
       ["DateStyle", "ISO, MDY"],
       ["application_name", "x"],

@@ -85,12 +85,16 @@ export interface SettingsState {
  * The query that makes `server` match `wanted`, or null when it already does. On success the
  * caller records the result with `markSynced`.
  */
-export function syncQuery(server: SettingsState, wanted: ReadonlyMap<string, string>): string | null {
+export function syncQuery(
+  server: SettingsState,
+  wanted: ReadonlyMap<string, string>,
+): string | null {
   let sets = "";
   let resets = "";
   for (const [k, v] of wanted) {
     const current = server.applied.get(k) ?? server.baseline.get(k);
-    if (current !== v) sets += `${sets ? ", " : "SELECT "}set_config(${literal(k)}, ${literal(v)}, false)`;
+    if (current !== v)
+      sets += `${sets ? ", " : "SELECT "}set_config(${literal(k)}, ${literal(v)}, false)`;
   }
   for (const k of server.applied.keys()) {
     if (!wanted.has(k)) resets += `RESET ${identifier(k)};`;

@@ -14,7 +14,7 @@
 import type { ServerConnection, ServerOptions, TlsMode } from "../backend/index.js";
 import { ServerConnection as Server } from "../backend/index.js";
 import type { PoolerMode } from "../config/index.js";
-import { type Logger, PgwardenError, Queue, errorMessage, isAuthFailure } from "../util/index.js";
+import { errorMessage, isAuthFailure, type Logger, PgwardenError, Queue } from "../util/index.js";
 import { Lease, type LeaseHolder } from "./lease.js";
 
 export interface PoolSettings {
@@ -79,7 +79,13 @@ export class Pool {
   private failures = 0;
   private nextRefillAt = 0;
   readonly logger: Logger;
-  readonly stats = { totalXact: 0, totalQuery: 0, totalWaitMs: 0, checkouts: 0, connectFailures: 0 };
+  readonly stats = {
+    totalXact: 0,
+    totalQuery: 0,
+    totalWaitMs: 0,
+    checkouts: 0,
+    connectFailures: 0,
+  };
 
   constructor(settings: PoolSettings, logger: Logger) {
     this.settings = settings;
@@ -105,7 +111,9 @@ export class Pool {
    */
   acquire(holder: LeaseHolder): Lease | Promise<Lease> {
     if (this.draining) {
-      return Promise.reject(new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }));
+      return Promise.reject(
+        new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }),
+      );
     }
     this.stats.checkouts++;
     const server = this.popIdle();
@@ -156,7 +164,12 @@ export class Pool {
     this.leased.delete(server);
     server.detach();
     if (!clean || server.closed || this.draining || server.ageMs > this.settings.serverLifetime) {
-      this.discard(server, clean ? "released" : "released unclean (client left mid-transaction or server state unknown)");
+      this.discard(
+        server,
+        clean
+          ? "released"
+          : "released unclean (client left mid-transaction or server state unknown)",
+      );
       this.afterLoss();
       return;
     }
@@ -215,7 +228,9 @@ export class Pool {
       if (w.done) continue;
       w.done = true;
       if (w.timer) clearTimeout(w.timer);
-      w.reject(new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }));
+      w.reject(
+        new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }),
+      );
     }
     this.waiters.filter(() => false);
   }
@@ -294,7 +309,8 @@ export class Pool {
   /** After a server is gone: open a replacement if clients are waiting for one. */
   private afterLoss(): void {
     if (this.draining) return;
-    if (this.liveWaiters() > this.connecting && this.size < this.settings.poolSize) void this.open().catch(() => {});
+    if (this.liveWaiters() > this.connecting && this.size < this.settings.poolSize)
+      void this.open().catch(() => {});
   }
 
   private discard(server: ServerConnection, reason: string): void {
@@ -321,8 +337,12 @@ export class Pool {
         this.connecting--;
         this.failures++;
         this.stats.connectFailures++;
-        this.nextRefillAt = performance.now() + Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7));
-        this.logger.warn({ pool: this.name, host: s.host, port: s.port, err: errorMessage(err) }, "server connect failed");
+        this.nextRefillAt =
+          performance.now() + Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7));
+        this.logger.warn(
+          { pool: this.name, host: s.host, port: s.port, err: errorMessage(err) },
+          "server connect failed",
+        );
         // The open was for a waiter (or for min_pool_size): fail the head waiter with the cause,
         // unless other opens in flight will serve it.
         const live = this.liveWaiters();
@@ -365,7 +385,10 @@ export class Pool {
       return await Server.connect(opts);
     } catch (err) {
       if (!isAuthFailure(err) || used === undefined || cred.invalidate === undefined) throw err;
-      this.logger.warn({ pool: this.name, err: errorMessage(err) }, "server rejected the credential; retrying once with a fresh one");
+      this.logger.warn(
+        { pool: this.name, err: errorMessage(err) },
+        "server rejected the credential; retrying once with a fresh one",
+      );
       const fresh = await cred.invalidate(used);
       return Server.connect({ ...opts, getCredential: () => Promise.resolve(fresh) });
     }

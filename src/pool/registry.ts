@@ -42,6 +42,7 @@ export class PoolRegistry {
   /** Warms every pool to min_pool_size, then starts maintenance. */
   async start(): Promise<void> {
     await Promise.all([...this.pools.values()].map((p) => p.warm()));
+    this.logger.debug({ pools: this.pools.size }, "pools warmed");
     this.timer = setInterval(() => {
       const now = performance.now();
       for (const p of this.pools.values()) p.maintain(now);
@@ -95,9 +96,13 @@ function settingsFor(config: Config, db: DatabaseConfig, user: UserConfig): Pool
         secret === undefined
           ? () =>
               Promise.reject(
-                new PgwardenError("CREDENTIAL", `user "${user.name}" has no server_password or password configured`, {
-                  pool: label,
-                }),
+                new PgwardenError(
+                  "CREDENTIAL",
+                  `user "${user.name}" has no server_password or password configured`,
+                  {
+                    pool: label,
+                  },
+                ),
               )
           : () => Promise.resolve(secret),
     },

@@ -10,8 +10,8 @@ export const MAX_STARTUP_LENGTH = 10_000;
 /** Largest message body the protocol allows (PostgreSQL's MaxAllocSize - 1). */
 export const MAX_MESSAGE_LENGTH = 0x3fffffff;
 
-// Message type bytes, named after the spec.
-export const enum Msg {
+// Message type bytes, named after the spec. The two directions reuse letters (C, D, E, H, S).
+export enum Msg {
   // backend → frontend
   Authentication = 0x52, // R
   BackendKeyData = 0x4b, // K
@@ -45,7 +45,7 @@ export const enum Msg {
   Terminate = 0x58, // X
 }
 
-export const enum AuthCode {
+export enum AuthCode {
   Ok = 0,
   CleartextPassword = 3,
   MD5Password = 5,
@@ -55,7 +55,7 @@ export const enum AuthCode {
 }
 
 /** Transaction status in ReadyForQuery. */
-export const enum TxStatus {
+export enum TxStatus {
   Idle = 0x49, // I
   InTransaction = 0x54, // T
   Failed = 0x45, // E

@@ -1,5 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { EVENT_HEADER, EVENT_MESSAGE, FRAME_COLLECT, FRAME_HEADER, Framer, frameModes } from "./framer.js";
+import {
+  EVENT_HEADER,
+  EVENT_MESSAGE,
+  FRAME_COLLECT,
+  FRAME_HEADER,
+  Framer,
+  frameModes,
+} from "./framer.js";
 import { dataRow, parameterStatus, query, readyForQuery } from "./writer.js";
 
 function scanAll(f: Framer, chunks: Buffer[]): Array<[string, string]> {
@@ -8,8 +15,10 @@ function scanAll(f: Framer, chunks: Buffer[]): Array<[string, string]> {
     let pos = 0;
     while (pos < c.length) {
       pos = f.feed(c, pos);
-      if (f.event === EVENT_MESSAGE) events.push([String.fromCharCode(f.type), f.body.toString("latin1")]);
-      if (f.event === EVENT_HEADER) events.push([String.fromCharCode(f.type), `len=${f.bodyLength}`]);
+      if (f.event === EVENT_MESSAGE)
+        events.push([String.fromCharCode(f.type), f.body.toString("latin1")]);
+      if (f.event === EVENT_HEADER)
+        events.push([String.fromCharCode(f.type), `len=${f.bodyLength}`]);
     }
   }
   return events;

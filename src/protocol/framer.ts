@@ -132,7 +132,10 @@ export class Framer {
 const EMPTY = Buffer.alloc(0);
 
 /** Builds a mode table: every type PASS except the listed ones. */
-export function frameModes(spec: ReadonlyArray<[string, number]>, fallback = FRAME_PASS): Uint8Array {
+export function frameModes(
+  spec: ReadonlyArray<[string, number]>,
+  fallback = FRAME_PASS,
+): Uint8Array {
   const modes = new Uint8Array(256).fill(fallback);
   for (const [ch, mode] of spec) modes[ch.charCodeAt(0)] = mode;
   return modes;

@@ -40,10 +40,7 @@ export function authenticationMD5Password(salt: Buffer): Buffer {
 }
 
 export function authenticationSASL(mechanisms: readonly string[]): Buffer {
-  const parts = Buffer.concat([
-    ...mechanisms.map((m) => Buffer.from(`${m}\0`)),
-    Buffer.from([0]),
-  ]);
+  const parts = Buffer.concat([...mechanisms.map((m) => Buffer.from(`${m}\0`)), Buffer.from([0])]);
   return authWith(AuthCode.SASL, parts);
 }
 

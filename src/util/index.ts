@@ -1,5 +1,5 @@
-export { PgError, PgwardenError, isAuthFailure, errorMessage } from "./errors.js";
 export type { ErrorContext, Severity } from "./errors.js";
-export { Queue } from "./queue.js";
-export { createLogger, silentLogger } from "./logger.js";
+export { errorMessage, isAuthFailure, PgError, PgwardenError } from "./errors.js";
 export type { Logger, LogLevel } from "./logger.js";
+export { createLogger, silentLogger } from "./logger.js";
+export { Queue } from "./queue.js";

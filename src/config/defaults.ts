@@ -1,0 +1,37 @@
+// Defaults for keys a config file may leave out. Where design §3 names a value it wins; where it
+// is silent we take pgdog's (pgdog-config/src/general.rs, database.rs, users.rs), so a pgdog
+// config behaves the same here. Values without a pgdog counterpart are marked "ours".
+
+import type { ClientAuthType, GeneralConfig, PoolerMode, ServerAuth, TlsVerify } from "./types.js";
+
+export const GENERAL_DEFAULTS = {
+  host: "0.0.0.0",
+  port: 6432,
+  pooler_mode: "transaction" as PoolerMode,
+  default_pool_size: 10,
+  min_pool_size: 1,
+  idle_timeout: 60_000,
+  // pgdog: 24 h. PgBouncer uses 1 h; pgdog's value is kept for config compatibility. Server
+  // connections outliving their login token are fine: PostgreSQL checks it only at login.
+  server_lifetime: 86_400_000,
+  checkout_timeout: 5_000,
+  connect_timeout: 5_000,
+  auth_type: "scram" as ClientAuthType,
+  tls_verify: "prefer" as TlsVerify,
+  shutdown_timeout: 60_000,
+  // ours: pgdog has no client cap.
+  max_client_connections: 10_000,
+  // ours (design §2).
+  token_refresh_buffer: 45_000,
+  token_fetch_timeout: 30_000,
+  log_level: "info" as GeneralConfig["log_level"],
+} as const;
+
+export const DATABASE_DEFAULTS = { port: 5432 } as const;
+
+export const ADMIN_DEFAULTS = { name: "admin", user: "admin" } as const;
+
+export const USER_DEFAULTS = { server_auth: "password" as ServerAuth } as const;
+
+/** setTimeout fires at once for delays above this, so no duration may exceed it. */
+export const MAX_DURATION_MS = 2_147_483_647;

@@ -1,0 +1,16 @@
+export { ADMIN_DEFAULTS, DATABASE_DEFAULTS, GENERAL_DEFAULTS, USER_DEFAULTS } from "./defaults.js";
+export { type ConfigDiff, diffConfig, isEmptyDiff, type UserKey } from "./diff.js";
+export type { Env } from "./env.js";
+export { ConfigError, type ConfigProblem } from "./errors.js";
+export { type ConfigFiles, loadConfig, parseConfig } from "./load.js";
+export type {
+  AdminConfig,
+  ClientAuthType,
+  Config,
+  DatabaseConfig,
+  GeneralConfig,
+  PoolerMode,
+  ServerAuth,
+  TlsVerify,
+  UserConfig,
+} from "./types.js";

@@ -1,0 +1,296 @@
+// Config loading as one pure pipeline per file: TOML parse → `${VAR}` substitution → zod schema
+// (types, ranges, unknown keys) → cross-key and cross-file checks → defaults → deep freeze.
+// Problems are collected rather than thrown at the first one, so a single run reports everything
+// that is wrong; each stage runs only on input the earlier stages accepted, which keeps one
+// mistake from echoing as several. Nothing here touches the process: env comes in as an argument.
+
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { parse as parseToml, TomlError } from "smol-toml";
+import type { z } from "zod";
+import { ADMIN_DEFAULTS, DATABASE_DEFAULTS, GENERAL_DEFAULTS, USER_DEFAULTS } from "./defaults.js";
+import { type Env, pathKey, substituteTree } from "./env.js";
+import {
+  ConfigError,
+  type ConfigProblem,
+  describeValue,
+  fileProblem,
+  isSecretKey,
+  locate,
+  missingKey,
+  type Path,
+  problemAt,
+  quote,
+  unknownKey,
+} from "./errors.js";
+import { deepFreeze } from "./freeze.js";
+import {
+  type ConfigFile,
+  configFileSchema,
+  knownKeys,
+  type UsersFile,
+  usersFileSchema,
+} from "./schema.js";
+import type { AdminConfig, Config, DatabaseConfig, GeneralConfig, UserConfig } from "./types.js";
+
+export interface ConfigFiles {
+  readonly config: string;
+  readonly users: string;
+}
+
+/** Reads and validates both files. Paths are resolved against the working directory. */
+export function loadConfig(configPath: string, usersPath: string, env: Env = process.env): Config {
+  const files = { config: resolve(configPath), users: resolve(usersPath) };
+  const configText = readText(files.config);
+  const usersText = readText(files.users);
+  return parseConfig(configText, usersText, files, env);
+}
+
+/** Same as `loadConfig`, from the files' text; `files` only names them in messages and in `Config.files`. */
+export function parseConfig(
+  configText: string,
+  usersText: string,
+  files: ConfigFiles,
+  env: Env,
+): Config {
+  const problems: ConfigProblem[] = [];
+  const configFile = parseFile(files.config, configText, configFileSchema, env, problems);
+  const usersFile = parseFile(files.users, usersText, usersFileSchema, env, problems);
+  if (configFile === undefined || usersFile === undefined) {
+    // Cross-file checks would only repeat what is already wrong.
+    throw new ConfigError(problems);
+  }
+  const config = build(configFile, usersFile, files, problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return deepFreeze(config);
+}
+
+function readText(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "file not found" : `cannot read file (${code ?? String(err)})`;
+    throw new ConfigError([fileProblem(file, why)], err);
+  }
+}
+
+interface Parsed<T> {
+  readonly file: string;
+  /** The substituted TOML tree, for locating problems found after validation. */
+  readonly root: Record<string, unknown>;
+  readonly data: T;
+}
+
+function parseFile<T>(
+  file: string,
+  text: string,
+  schema: z.ZodType<T>,
+  env: Env,
+  problems: ConfigProblem[],
+): Parsed<T> | undefined {
+  let root: Record<string, unknown>;
+  try {
+    root = parseToml(text, { unsafeKeyBehaviour: "throw" }) as Record<string, unknown>;
+  } catch (err) {
+    if (!(err instanceof TomlError)) throw err;
+    // Only the first line of smol-toml's message: the rest quotes source lines, which may hold a
+    // password. For the same reason the TomlError is not kept as `cause`.
+    const reason = (err.message.split("\n")[0] ?? "").replace(/^Invalid TOML document: /, "");
+    problems.push({
+      file,
+      table: undefined,
+      key: undefined,
+      message: `${file}:${err.line}:${err.column}: TOML syntax error: ${reason}`,
+    });
+    return undefined;
+  }
+  const substituted = substituteTree(file, root, env);
+  problems.push(...substituted.problems);
+  const result = schema.safeParse(root);
+  if (result.success) {
+    return substituted.problems.length === 0 ? { file, root, data: result.data } : undefined;
+  }
+  for (const issue of result.error.issues) {
+    if (substituted.failed.has(pathKey(issue.path))) continue;
+    problems.push(...fromIssue(file, root, schema, issue));
+  }
+  return undefined;
+}
+
+function fromIssue(
+  file: string,
+  root: unknown,
+  schema: z.ZodTypeAny,
+  issue: z.ZodIssue,
+): ConfigProblem[] {
+  const path = issue.path;
+  if (issue.code === "unrecognized_keys") {
+    const known = knownKeys(schema, path);
+    return issue.keys.map((k) => unknownKey(file, root, path, k, known));
+  }
+  if (issue.code === "invalid_type" && issue.received === "undefined") {
+    return [missingKey(file, root, path)];
+  }
+  const { key } = locate(root, path);
+  const text = isSecretKey(key)
+    ? `invalid value (${issue.message})`
+    : `${issue.message}, ${describeValue(valueAt(root, path))}`;
+  return [problemAt(file, root, path, text)];
+}
+
+function valueAt(root: unknown, path: Path): unknown {
+  let v = root;
+  for (const seg of path) {
+    if (typeof v !== "object" || v === null || !Object.hasOwn(v, seg)) return undefined;
+    v = (v as Record<string | number, unknown>)[seg];
+  }
+  return v;
+}
+
+function build(
+  cfg: Parsed<ConfigFile>,
+  usr: Parsed<UsersFile>,
+  files: ConfigFiles,
+  problems: ConfigProblem[],
+): Config {
+  const general = buildGeneral(cfg, problems);
+  const admin = buildAdmin(usr.data.admin ?? cfg.data.admin);
+  const databases = buildDatabases(cfg, admin, problems);
+  const users = buildUsers(usr, general, databases, problems);
+  return { general, databases, users, admin, files: { config: files.config, users: files.users } };
+}
+
+function buildGeneral(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): GeneralConfig {
+  const g = cfg.data.general ?? {};
+  const at = (key: string, text: string) =>
+    problems.push(problemAt(cfg.file, cfg.root, ["general", key], text));
+  const general: GeneralConfig = {
+    host: g.host ?? GENERAL_DEFAULTS.host,
+    port: g.port ?? GENERAL_DEFAULTS.port,
+    pooler_mode: g.pooler_mode ?? GENERAL_DEFAULTS.pooler_mode,
+    default_pool_size: g.default_pool_size ?? GENERAL_DEFAULTS.default_pool_size,
+    min_pool_size: g.min_pool_size ?? GENERAL_DEFAULTS.min_pool_size,
+    idle_timeout: g.idle_timeout ?? GENERAL_DEFAULTS.idle_timeout,
+    server_lifetime: g.server_lifetime ?? GENERAL_DEFAULTS.server_lifetime,
+    checkout_timeout: g.checkout_timeout ?? GENERAL_DEFAULTS.checkout_timeout,
+    connect_timeout: g.connect_timeout ?? GENERAL_DEFAULTS.connect_timeout,
+    auth_type: g.auth_type ?? GENERAL_DEFAULTS.auth_type,
+    tls_certificate: g.tls_certificate,
+    tls_private_key: g.tls_private_key,
+    tls_verify: g.tls_verify ?? GENERAL_DEFAULTS.tls_verify,
+    tls_server_ca_certificate: g.tls_server_ca_certificate,
+    openmetrics_port: g.openmetrics_port,
+    shutdown_timeout: g.shutdown_timeout ?? GENERAL_DEFAULTS.shutdown_timeout,
+    max_client_connections: g.max_client_connections ?? GENERAL_DEFAULTS.max_client_connections,
+    token_refresh_buffer: g.token_refresh_buffer ?? GENERAL_DEFAULTS.token_refresh_buffer,
+    token_fetch_timeout: g.token_fetch_timeout ?? GENERAL_DEFAULTS.token_fetch_timeout,
+    log_level: g.log_level ?? GENERAL_DEFAULTS.log_level,
+  };
+  if (general.tls_certificate !== undefined && general.tls_private_key === undefined) {
+    at("tls_private_key", 'required when "tls_certificate" is set (client TLS needs both)');
+  } else if (general.tls_private_key !== undefined && general.tls_certificate === undefined) {
+    at("tls_certificate", 'required when "tls_private_key" is set (client TLS needs both)');
+  }
+  if (general.min_pool_size > general.default_pool_size) {
+    at(
+      "min_pool_size",
+      `must not exceed "default_pool_size" (${general.default_pool_size}), got ${general.min_pool_size}`,
+    );
+  }
+  if (general.openmetrics_port !== undefined && general.openmetrics_port === general.port) {
+    at("openmetrics_port", `must differ from "port" (${general.port})`);
+  }
+  return general;
+}
+
+function buildAdmin(a: ConfigFile["admin"]): AdminConfig {
+  return {
+    name: a?.name ?? ADMIN_DEFAULTS.name,
+    user: a?.user ?? ADMIN_DEFAULTS.user,
+    password: a?.password,
+  };
+}
+
+function buildDatabases(
+  cfg: Parsed<ConfigFile>,
+  admin: AdminConfig,
+  problems: ConfigProblem[],
+): DatabaseConfig[] {
+  const seen = new Map<string, number>();
+  return (cfg.data.databases ?? []).map((d, i) => {
+    const at = (text: string) =>
+      problems.push(problemAt(cfg.file, cfg.root, ["databases", i, "name"], text));
+    const first = seen.get(d.name);
+    if (first !== undefined) {
+      at(`duplicate database name ${quote(d.name)} (first defined in [[databases]][${first}])`);
+    } else {
+      seen.set(d.name, i);
+    }
+    if (d.name === admin.name) {
+      at(`${quote(d.name)} is the admin console's database name ([admin] name); pick another name`);
+    }
+    return {
+      name: d.name,
+      host: d.host,
+      port: d.port ?? DATABASE_DEFAULTS.port,
+      database_name: d.database_name ?? d.name,
+    };
+  });
+}
+
+function buildUsers(
+  usr: Parsed<UsersFile>,
+  general: GeneralConfig,
+  databases: readonly DatabaseConfig[],
+  problems: ConfigProblem[],
+): UserConfig[] {
+  const dbNames = new Set(databases.map((d) => d.name));
+  const seen = new Map<string, number>();
+  return (usr.data.users ?? []).map((u, i) => {
+    const at = (key: string, text: string) =>
+      problems.push(problemAt(usr.file, usr.root, ["users", i, key], text));
+    if (!dbNames.has(u.database)) {
+      const known = databases.length === 0 ? "none defined" : [...dbNames].map(quote).join(", ");
+      at("database", `no [[databases]] entry named ${quote(u.database)} (known: ${known})`);
+    }
+    const id = JSON.stringify([u.name, u.database]);
+    const first = seen.get(id);
+    if (first !== undefined) {
+      at(
+        "name",
+        `duplicate user ${quote(u.name)} for database ${quote(u.database)} (first defined in [[users]][${first}])`,
+      );
+    } else {
+      seen.set(id, i);
+    }
+    const poolSize = u.pool_size ?? general.default_pool_size;
+    let minPoolSize = u.min_pool_size ?? general.min_pool_size;
+    if (u.min_pool_size !== undefined && u.min_pool_size > poolSize) {
+      const from = u.pool_size === undefined ? '[general] "default_pool_size"' : '"pool_size"';
+      at("min_pool_size", `must not exceed ${from} (${poolSize}), got ${u.min_pool_size}`);
+    } else if (minPoolSize > poolSize) {
+      // Only the inherited general minimum exceeds this user's own, smaller pool: a default
+      // should not make an explicit pool_size invalid, so the minimum follows the pool size.
+      minPoolSize = poolSize;
+    }
+    return {
+      name: u.name,
+      database: u.database,
+      password: u.password,
+      server_user: u.server_user ?? u.name,
+      server_password: u.server_password ?? u.password,
+      pool_size: poolSize,
+      min_pool_size: minPoolSize,
+      pooler_mode: u.pooler_mode ?? general.pooler_mode,
+      server_auth: u.server_auth ?? USER_DEFAULTS.server_auth,
+      server_iam_region: u.server_iam_region,
+      server_iam_host: u.server_iam_host,
+      azure_client_id: u.azure_client_id,
+      azure_tenant_id: u.azure_tenant_id,
+      server_vault_path: u.server_vault_path,
+      vault_refresh_percent: u.vault_refresh_percent,
+      server_auth_command: u.server_auth_command,
+    };
+  });
+}
