@@ -1,11 +1,14 @@
 // Frontend behaviour through real clients: client auth methods, login errors, the welcome
 // (ParameterStatus, BackendKeyData), cancel routing, protocol negotiation, IPv6.
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runPsql } from "./harness/clients.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
-import { connect, eventually, loginError, rawExchange, sleep } from "./helpers.js";
+import { connect, loginError, rawExchange, sleep } from "./helpers.js";
+import { makeCerts } from "./tls-certs.js";
 
 let cluster: PgCluster;
 const started: Pgwarden[] = [];
@@ -223,7 +226,54 @@ describe("listeners", () => {
       const c = await connect({ host, port: pw.port }, "app", "client-secret", "appdb");
       await c.end();
     }
-    await eventually(() => true, "noop");
+    await pw.stop();
+  });
+});
+
+describe("client TLS", () => {
+  it("serves TLS when tls_certificate/tls_private_key are set; clients can verify it", async () => {
+    const certs = makeCerts("DNS:localhost,IP:127.0.0.1");
+    const pw = await pooler("scram", [], {
+      tls_certificate: certs.certFile,
+      tls_private_key: certs.keyFile,
+    });
+    const c = await connect(pw, "app", "client-secret", "appdb", {
+      ssl: { ca: readFileSync(certs.caFile, "utf8"), servername: "localhost" },
+    });
+    // biome-ignore lint/suspicious/noExplicitAny: the socket node-pg upgraded
+    const stream = (c as any).connection.stream as {
+      encrypted?: boolean;
+      getPeerCertificate(): { subject: { CN: string } };
+    };
+    expect(stream.encrypted).toBe(true);
+    expect(stream.getPeerCertificate().subject.CN).toBe("pgwarden test server");
+    expect((await c.query("select 1 as x")).rows[0].x).toBe(1);
+    await c.end();
+    const psql = await runPsql(
+      [
+        "-X",
+        "-At",
+        "-c",
+        "select 'over tls'",
+        `host=127.0.0.1 port=${pw.port} user=app dbname=appdb sslmode=verify-ca sslrootcert=${certs.caFile}`,
+      ],
+      { env: { PGPASSWORD: "client-secret" } },
+    );
+    expect(psql.stderr).toBe("");
+    expect(psql.stdout.trim()).toBe("over tls");
+    await pw.stop();
+  });
+
+  it("without certificates, sslmode=require is refused and prefer falls back to plain", async () => {
+    const pw = await pooler("scram");
+    const env = { PGPASSWORD: "client-secret" };
+    const conn = (mode: string) =>
+      `host=127.0.0.1 port=${pw.port} user=app dbname=appdb sslmode=${mode}`;
+    const required = await runPsql(["-X", "-At", "-c", "select 1", conn("require")], { env });
+    expect(required.code).not.toBe(0);
+    expect(required.stderr).toContain("server does not support SSL");
+    const preferred = await runPsql(["-X", "-At", "-c", "select 'plain'", conn("prefer")], { env });
+    expect(preferred.stdout.trim()).toBe("plain");
     await pw.stop();
   });
 });
