@@ -41,7 +41,8 @@ import {
 } from "../protocol/index.js";
 import { errorMessage, type Logger, PgError, PgwardenError } from "../util/index.js";
 
-export type TlsMode = "disabled" | "prefer" | "verify_ca" | "verify_full";
+/** tls_verify, plus "require" (TLS without verification, no plaintext fallback) for token logins. */
+export type TlsMode = "disabled" | "prefer" | "require" | "verify_ca" | "verify_full";
 
 export interface ServerOptions {
   readonly host: string;
@@ -423,7 +424,7 @@ class Login {
     raw.removeAllListeners("close");
     const options: tls.ConnectionOptions = {
       socket: raw,
-      rejectUnauthorized: o.tlsMode !== "prefer",
+      rejectUnauthorized: o.tlsMode === "verify_ca" || o.tlsMode === "verify_full",
     };
     if (o.tlsCa) options.ca = o.tlsCa;
     if (net.isIP(o.host) === 0) options.servername = o.host;

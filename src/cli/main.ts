@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../config/index.js";
+import { CredentialEngine } from "../credentials/index.js";
 import { Frontend } from "../frontend/index.js";
 import { PoolRegistry } from "../pool/index.js";
 import { createLogger, errorMessage } from "../util/index.js";
@@ -55,7 +56,18 @@ async function main(): Promise<void> {
   }
 
   const logger = createLogger(config.general.log_level);
-  const registry = new PoolRegistry(config, logger);
+  const engine = new CredentialEngine({
+    refreshBuffer: config.general.token_refresh_buffer,
+    fetchTimeout: config.general.token_fetch_timeout,
+    logger,
+  });
+  let registry: PoolRegistry;
+  try {
+    registry = new PoolRegistry(config, logger, engine, process.env);
+  } catch (err) {
+    process.stderr.write(`pgwarden: ${errorMessage(err)}\n`);
+    process.exit(2);
+  }
   const frontend = new Frontend(config, registry, logger);
 
   let stopping = false;
@@ -66,6 +78,7 @@ async function main(): Promise<void> {
     frontend.stopAccepting();
     await frontend.drainClients(config.general.shutdown_timeout);
     registry.closeAll("pgwarden shutting down");
+    engine.stopAll();
     logger.info("shutdown complete");
     logger.flush?.();
     setTimeout(() => process.exit(0), 50).unref();

@@ -129,7 +129,7 @@ host = "db3"
       BASE_CONFIG,
       BASE_USERS.replace('password = "b"', 'password = "b2"\npool_size = 3').replace(
         'database = "app"\npassword = "a"',
-        'database = "app"\npassword = "a"\nserver_auth = "rds_iam"',
+        'database = "app"\npassword = "a"\nserver_auth = "rds_iam"\nserver_iam_region = "eu-west-1"',
       ),
     );
     const d = diffConfig(cfg(), next);

@@ -183,7 +183,6 @@ azure_tenant_id = "tid"
 [[users]]
 name = "v"
 database = "app"
-server_auth = "vault_dynamic"
 server_vault_path = "database/creds/app"
 vault_refresh_percent = 50
 
@@ -192,7 +191,6 @@ name = "cmd"
 database = "app"
 password = "client"
 server_password = "server"
-server_auth = "command"
 server_auth_command = "/bin/get-token"
 `,
     );
@@ -232,6 +230,39 @@ server_auth_command = "/bin/get-token"
       server_password: "server",
       server_auth_command: "/bin/get-token",
     });
+  });
+
+  it("refuses server_auth modes that are not implemented yet", () => {
+    expect(() => parse(CONFIG, `${USERS}server_auth = "vault_dynamic"\n`)).toThrow(
+      /users\.toml: \[\[users\]\]\[0\].*key "server_auth": "vault_dynamic" is not supported yet/,
+    );
+  });
+
+  it("refuses token auth without TLS to the server", () => {
+    expect(() =>
+      parse(
+        `[general]\ntls_verify = "disabled"\n${CONFIG}`,
+        `${USERS}server_auth = "azure_workload_identity"\n`,
+      ),
+    ).toThrow(
+      /key "server_auth": "azure_workload_identity" sends a bearer token.*tls_verify is "disabled"/,
+    );
+  });
+
+  it("infers the RDS region from the host, and asks for it when it cannot", () => {
+    const rds = CONFIG.replace(
+      /host = "[^"]*"/,
+      'host = "mydb.abc.eu-central-1.rds.amazonaws.com"',
+    );
+    expect(parse(rds, `${USERS}server_auth = "rds_iam"\n`).users[0]?.server_auth).toBe("rds_iam");
+    expect(() => parse(CONFIG, `${USERS}server_auth = "rds_iam"\n`)).toThrow(
+      /key "server_iam_region": required: the region cannot be inferred from host/,
+    );
+    const viaIamHost = parse(
+      CONFIG,
+      `${USERS}server_auth = "rds_iam"\nserver_iam_host = "x.y.us-west-2.rds.amazonaws.com"\n`,
+    );
+    expect(viaIamHost.users[0]?.server_iam_host).toBe("x.y.us-west-2.rds.amazonaws.com");
   });
 
   it("lets [admin] in users.toml replace the one in pgwarden.toml, as pgdog does", () => {

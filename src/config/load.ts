@@ -24,6 +24,7 @@ import {
   unknownKey,
 } from "./errors.js";
 import { deepFreeze } from "./freeze.js";
+import { inferRdsRegion, SUPPORTED_SERVER_AUTH, TOKEN_AUTH_MODES } from "./rds.js";
 import {
   type ConfigFile,
   configFileSchema,
@@ -264,6 +265,29 @@ function buildUsers(
     } else {
       seen.set(id, i);
     }
+    const serverAuth = u.server_auth ?? USER_DEFAULTS.server_auth;
+    if (!SUPPORTED_SERVER_AUTH.has(serverAuth)) {
+      at(
+        "server_auth",
+        `${quote(serverAuth)} is not supported yet (supported: ${[...SUPPORTED_SERVER_AUTH].map(quote).join(", ")})`,
+      );
+    }
+    if (TOKEN_AUTH_MODES.has(serverAuth) && general.tls_verify === "disabled") {
+      at(
+        "server_auth",
+        `${quote(serverAuth)} sends a bearer token as the password, which needs TLS to the server; [general] tls_verify is "disabled"`,
+      );
+    }
+    if (serverAuth === "rds_iam" && u.server_iam_region === undefined) {
+      const db = databases.find((d) => d.name === u.database);
+      const signingHost = u.server_iam_host ?? db?.host;
+      if (signingHost !== undefined && inferRdsRegion(signingHost) === undefined) {
+        at(
+          "server_iam_region",
+          `required: the region cannot be inferred from host ${quote(signingHost)}`,
+        );
+      }
+    }
     const poolSize = u.pool_size ?? general.default_pool_size;
     let minPoolSize = u.min_pool_size ?? general.min_pool_size;
     if (u.min_pool_size !== undefined && u.min_pool_size > poolSize) {
@@ -283,7 +307,7 @@ function buildUsers(
       pool_size: poolSize,
       min_pool_size: minPoolSize,
       pooler_mode: u.pooler_mode ?? general.pooler_mode,
-      server_auth: u.server_auth ?? USER_DEFAULTS.server_auth,
+      server_auth: serverAuth,
       server_iam_region: u.server_iam_region,
       server_iam_host: u.server_iam_host,
       azure_client_id: u.azure_client_id,

@@ -1,0 +1,26 @@
+/**
+ * The region in an RDS endpoint: `*.<region>.rds.amazonaws.com`, `*.<region>.rds.amazonaws.com.cn`,
+ * or `rds.<region>.amazonaws.com.cn`. Undefined for anything else (an IP, a CNAME).
+ */
+export function inferRdsRegion(host: string): string | undefined {
+  const h = host.toLowerCase().replace(/\.$/, "");
+  const m =
+    /\.([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d)\.rds\.amazonaws\.com(?:\.cn)?$/.exec(h) ??
+    /(?:^|\.)rds\.([a-z]{2}-[a-z]+-\d)\.amazonaws\.com\.cn$/.exec(h);
+  return m?.[1];
+}
+
+/** server_auth modes whose secret is a short-lived token sent as a cleartext password. */
+export const TOKEN_AUTH_MODES: ReadonlySet<string> = new Set([
+  "rds_iam",
+  "azure_workload_identity",
+  "azure_managed_identity",
+  "gcp_cloudsql_iam",
+]);
+
+/** server_auth modes pgwarden implements today. */
+export const SUPPORTED_SERVER_AUTH: ReadonlySet<string> = new Set([
+  "password",
+  "rds_iam",
+  "azure_workload_identity",
+]);

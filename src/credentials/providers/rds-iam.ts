@@ -1,0 +1,66 @@
+// AWS RDS / Aurora IAM authentication tokens.
+//
+// A token is a SigV4-presigned `connect` URL for (endpoint, port, db user), signed offline by
+// @aws-sdk/rds-signer with credentials from the default AWS chain (env, web identity / IRSA,
+// EKS pod identity or ECS container endpoint, profiles, IMDS). The chain is memoized (it
+// refreshes its credentials itself), resolved once per fetch, and its expiry bounds the token's:
+// expiry = min(signing time + 15 min, expiration of the credentials that signed it).
+
+import { fromNodeProviderChain } from "@aws-sdk/credential-providers";
+import { Signer } from "@aws-sdk/rds-signer";
+import type { FetchedToken, TokenProvider } from "../types.js";
+
+/** RDS IAM tokens are valid for 15 minutes after signing. */
+export const RDS_TOKEN_LIFETIME_MS = 15 * 60 * 1000;
+
+/** What the AWS SDK's credential providers return (the type lives in a transitive package). */
+export interface AwsCredentials {
+  readonly accessKeyId: string;
+  readonly secretAccessKey: string;
+  readonly sessionToken?: string;
+  readonly expiration?: Date;
+}
+export type AwsCredentialsProvider = () => Promise<AwsCredentials>;
+
+export interface RdsIamSettings {
+  /** The endpoint the token is signed for (server_iam_host, else the database host). */
+  readonly signingHost: string;
+  readonly port: number;
+  readonly user: string;
+  readonly region: string;
+}
+
+export class RdsIamProvider implements TokenProvider {
+  readonly kind = "rds_iam";
+  readonly description: Readonly<Record<string, string | number>>;
+  private readonly credentials: AwsCredentialsProvider;
+
+  constructor(
+    private readonly settings: RdsIamSettings,
+    credentials: AwsCredentialsProvider = fromNodeProviderChain(),
+  ) {
+    this.credentials = credentials;
+    this.description = {
+      host: settings.signingHost,
+      port: settings.port,
+      user: settings.user,
+      region: settings.region,
+    };
+  }
+
+  async fetch(_signal: AbortSignal): Promise<FetchedToken> {
+    const creds: AwsCredentials = await this.credentials();
+    const signedAt = Date.now();
+    const signer = new Signer({
+      hostname: this.settings.signingHost,
+      port: this.settings.port,
+      username: this.settings.user,
+      region: this.settings.region,
+      credentials: creds,
+    });
+    const secret = await signer.getAuthToken();
+    let expiresAt = signedAt + RDS_TOKEN_LIFETIME_MS;
+    if (creds.expiration) expiresAt = Math.min(expiresAt, creds.expiration.getTime());
+    return { secret, expiresAt };
+  }
+}
