@@ -3,6 +3,7 @@ import { execFileSync } from "node:child_process";
 import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { removeOnExit } from "./harness/procs.js";
 
 export interface TestCerts {
   dir: string;
@@ -14,6 +15,7 @@ export interface TestCerts {
 /** A CA and a server certificate for `san` (e.g. "DNS:localhost"). */
 export function makeCerts(san: string): TestCerts {
   const dir = mkdtempSync(join(tmpdir(), "pgwarden-certs-"));
+  removeOnExit(dir);
   const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
   run(
     "req",
