@@ -91,6 +91,7 @@ export class ClientSession implements LeaseHolder {
   private waitingClientDrain = false;
   private waitingServerDrain = false;
   private closeWhenIdle = false;
+  private pausedForLease = false;
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
 
   constructor(
@@ -358,31 +359,42 @@ export class ClientSession implements LeaseHolder {
     }
   }
 
+  /**
+   * A lease arrived. The session counts as still acquiring (client bytes are buffered) until
+   * the server's settings match the client's; only then does `this.lease` point at it.
+   */
   private gotLease(lease: Lease): void {
-    this.acquiring = false;
     if (this.state === CLOSED) {
+      this.acquiring = false;
       lease.release(true);
       return;
     }
-    this.lease = lease;
     const sync = lease.sync(this.wanted);
-    if (sync === null) this.leaseReady();
-    else
-      sync.then(
-        () => this.leaseReady(),
-        (err: unknown) => {
-          // The server refused a setting the client asked for: the server itself is fine.
-          if (this.lease === lease) this.lease = null;
-          lease.release(!(err instanceof PgwardenError && err.code === "SERVER_CLOSED"));
-          this.fatal(
-            err instanceof PgError ? new PgError("FATAL", err.sqlstate, err.message) : err,
-          );
-        },
-      );
+    if (sync === null) {
+      this.leaseReady(lease);
+      return;
+    }
+    sync.then(
+      () => {
+        if (this.state === CLOSED) {
+          this.acquiring = false;
+          lease.release(true);
+        } else {
+          this.leaseReady(lease);
+        }
+      },
+      (err: unknown) => {
+        this.acquiring = false;
+        // The server refused a setting the client asked for: the server itself is fine.
+        lease.release(!(err instanceof PgwardenError && err.code === "SERVER_CLOSED"));
+        this.fatal(err instanceof PgError ? new PgError("FATAL", err.sqlstate, err.message) : err);
+      },
+    );
   }
 
-  private leaseReady(): void {
-    if (this.state === CLOSED) return;
+  private leaseReady(lease: Lease): void {
+    this.acquiring = false;
+    this.lease = lease;
     if (this.state === LOGIN) this.welcome();
     const chunks = this.pending;
     this.pending = [];
@@ -390,7 +402,10 @@ export class ClientSession implements LeaseHolder {
       if (this.state !== READY) return;
       this.proxyData(c);
     }
-    if (this.state === READY && !this.waitingServerDrain) this.socket.resume();
+    if (this.pausedForLease) {
+      this.pausedForLease = false;
+      if (this.state === READY && !this.waitingServerDrain) this.socket.resume();
+    }
   }
 
   // ---- hot path -----------------------------------------------------------------------------
@@ -407,8 +422,13 @@ export class ClientSession implements LeaseHolder {
         return;
       }
       this.pending.push(chunk);
-      this.socket.pause();
       this.acquire();
+      // Usually an idle server was at hand and the bytes are already on their way; pause the
+      // socket (two syscalls) only when the client really has to wait.
+      if (this.lease === null && !this.pausedForLease && this.state === READY) {
+        this.pausedForLease = true;
+        this.socket.pause();
+      }
       return;
     }
     const f = this.framer;
@@ -452,7 +472,7 @@ export class ClientSession implements LeaseHolder {
       this.socket.pause();
       lease.onceServerDrain(() => {
         this.waitingServerDrain = false;
-        if (this.state === READY && !this.acquiring) this.socket.resume();
+        if (this.state === READY && !this.pausedForLease) this.socket.resume();
       });
     }
   }
