@@ -6,7 +6,14 @@
 // that reads the file on every exchange is used rather than WorkloadIdentityCredential, which
 // keeps the file's contents for 5 minutes and so can send an assertion Kubernetes has already
 // replaced. One credential object per identity, reused; MSAL's retries are kept low because the
-// engine's own backoff decides when to try again, and the engine's timeout aborts a hung call.
+// engine's own backoff decides when to try again.
+//
+// Two SDK behaviours, seen against the test emulator, shape the error path: a hung token
+// endpoint makes getToken() never return (the abortSignal is not honoured for this flow, so the
+// engine's own timeout race is what ends the wait), and after one 5xx MSAL answers the identical
+// request from a local lockout for 60 s without sending anything. So after any failure the
+// credential object is replaced: the next attempt, on the engine's backoff schedule, really
+// reaches Entra ID.
 
 import { readFile } from "node:fs/promises";
 import { ClientAssertionCredential } from "@azure/identity";
@@ -25,12 +32,17 @@ export interface AzureWorkloadIdentitySettings {
 export class AzureWorkloadIdentityProvider implements TokenProvider {
   readonly kind = "azure_workload_identity";
   readonly description: Readonly<Record<string, string | number>>;
-  private readonly credential: ClientAssertionCredential;
+  private credential: ClientAssertionCredential;
 
-  constructor(settings: AzureWorkloadIdentitySettings) {
+  constructor(private readonly settings: AzureWorkloadIdentitySettings) {
     this.description = { tenant_id: settings.tenantId, client_id: settings.clientId };
+    this.credential = this.makeCredential();
+  }
+
+  private makeCredential(): ClientAssertionCredential {
+    const settings = this.settings;
     const file = settings.tokenFile;
-    this.credential = new ClientAssertionCredential(
+    return new ClientAssertionCredential(
       settings.tenantId,
       settings.clientId,
       async () => (await readFile(file, "utf8")).trim(),
@@ -44,8 +56,23 @@ export class AzureWorkloadIdentityProvider implements TokenProvider {
   }
 
   async fetch(signal: AbortSignal): Promise<FetchedToken> {
-    const t = await this.credential.getToken(AZURE_POSTGRES_SCOPE, { abortSignal: signal });
-    if (!t) throw new Error("Entra ID returned no token");
-    return { secret: t.token, expiresAt: t.expiresOnTimestamp, refreshAt: t.refreshAfterTimestamp };
+    const credential = this.credential;
+    signal.addEventListener("abort", () => this.replace(credential), { once: true });
+    try {
+      const t = await credential.getToken(AZURE_POSTGRES_SCOPE, { abortSignal: signal });
+      if (!t) throw new Error("Entra ID returned no token");
+      return {
+        secret: t.token,
+        expiresAt: t.expiresOnTimestamp,
+        refreshAt: t.refreshAfterTimestamp,
+      };
+    } catch (err) {
+      this.replace(credential);
+      throw err;
+    }
+  }
+
+  private replace(failed: ClientAssertionCredential): void {
+    if (this.credential === failed) this.credential = this.makeCredential();
   }
 }

@@ -5,6 +5,10 @@
 // EKS pod identity or ECS container endpoint, profiles, IMDS). The chain is memoized (it
 // refreshes its credentials itself), resolved once per fetch, and its expiry bounds the token's:
 // expiry = min(signing time + 15 min, expiration of the credentials that signed it).
+//
+// The memoized chain shares one refresh among callers; if that refresh hangs (a stuck container
+// credentials endpoint), every later call waits on it forever. After a failed or timed-out
+// fetch the chain is therefore replaced, so the engine's next attempt starts afresh.
 
 import { fromNodeProviderChain } from "@aws-sdk/credential-providers";
 import { Signer } from "@aws-sdk/rds-signer";
@@ -33,13 +37,13 @@ export interface RdsIamSettings {
 export class RdsIamProvider implements TokenProvider {
   readonly kind = "rds_iam";
   readonly description: Readonly<Record<string, string | number>>;
-  private readonly credentials: AwsCredentialsProvider;
+  private credentials: AwsCredentialsProvider;
 
   constructor(
     private readonly settings: RdsIamSettings,
-    credentials: AwsCredentialsProvider = fromNodeProviderChain(),
+    private readonly makeChain: () => AwsCredentialsProvider = () => fromNodeProviderChain(),
   ) {
-    this.credentials = credentials;
+    this.credentials = makeChain();
     this.description = {
       host: settings.signingHost,
       port: settings.port,
@@ -48,8 +52,19 @@ export class RdsIamProvider implements TokenProvider {
     };
   }
 
-  async fetch(_signal: AbortSignal): Promise<FetchedToken> {
-    const creds: AwsCredentials = await this.credentials();
+  async fetch(signal: AbortSignal): Promise<FetchedToken> {
+    const chain = this.credentials;
+    const replace = () => {
+      if (this.credentials === chain) this.credentials = this.makeChain();
+    };
+    signal.addEventListener("abort", replace, { once: true });
+    let creds: AwsCredentials;
+    try {
+      creds = await chain();
+    } catch (err) {
+      replace();
+      throw err;
+    }
     const signedAt = Date.now();
     const signer = new Signer({
       hostname: this.settings.signingHost,
