@@ -101,6 +101,7 @@ export class CredentialEntry {
         "server rejected the token; fetching a new one",
       );
       this.token = null;
+      this.provider.invalidate?.();
     }
     if (this.inflight !== null) return this.inflight.then(secretOf);
     if (this.token !== null && this.isUsable(this.token)) return Promise.resolve(this.token.secret);
@@ -299,7 +300,14 @@ export class CredentialEntry {
     const { clock, minBackoff, maxBackoff } = this.opts;
     const exp = Math.min(maxBackoff, minBackoff * 2 ** Math.min(this.consecutiveFailures - 1, 20));
     // "Equal jitter": at least half the backoff, so gaps grow; the rest is random.
-    const delay = exp / 2 + clock.random() * (exp / 2);
+    let delay = exp / 2 + clock.random() * (exp / 2);
+    // While the held token is still valid, don't sleep past half of what is left of it (but
+    // never less than minBackoff): an outage that ends before expiry is noticed before expiry.
+    const t = this.token;
+    if (t !== null) {
+      const left = t.expiresAt - clock.now();
+      if (left > 0) delay = Math.min(delay, Math.max(minBackoff, left / 2));
+    }
     this.retryPending = true;
     this.arm(clock.now() + delay, () => {
       void this.fetch().catch(() => {});

@@ -17,6 +17,8 @@ export interface TokenProvider {
   readonly description: Readonly<Record<string, string | number>>;
   /** Fetches a fresh secret; should honour `signal` (token_fetch_timeout). */
   fetch(signal: AbortSignal): Promise<FetchedToken>;
+  /** The server rejected the last secret: drop any SDK-side cache so the next fetch is new. */
+  invalidate?(): void;
 }
 
 export type CredentialState =

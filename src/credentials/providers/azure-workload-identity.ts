@@ -72,6 +72,11 @@ export class AzureWorkloadIdentityProvider implements TokenProvider {
     }
   }
 
+  /** MSAL would hand back its cached copy of the rejected token: start from a new client. */
+  invalidate(): void {
+    this.replace(this.credential);
+  }
+
   private replace(failed: ClientAssertionCredential): void {
     if (this.credential === failed) this.credential = this.makeCredential();
   }
