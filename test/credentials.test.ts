@@ -2,7 +2,7 @@
 // SDKs, talking to loopback emulators, logging in to a real PostgreSQL that checks every token
 // (design §4). Counts come from the emulators and the checker, not from pgwarden.
 import { writeFileSync } from "node:fs";
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
 import { connect, eventually, logLines, sleep } from "./helpers.js";
@@ -24,7 +24,8 @@ afterAll(async () => {
   // Whatever happened above: no token, assertion or AWS secret may appear in any log line.
   const logs = started.flatMap((p) => p.logs()).join("\n");
   for (const token of env?.seenTokens ?? []) expect(logs.includes(token)).toBe(false);
-  for (const list of env?.entra.assertions.values() ?? []) for (const a of list) expect(logs.includes(a)).toBe(false);
+  for (const list of env?.entra.assertions.values() ?? [])
+    for (const a of list) expect(logs.includes(a)).toBe(false);
   expect(logs).not.toMatch(/X-Amz-Signature=[0-9a-f]{16}/);
   expect(logs).not.toMatch(/eyJ[\w-]{10,}\.[\w-]{10,}/);
   await env?.stop();
@@ -34,7 +35,11 @@ function db(name = "appdb") {
   return { name, host: "127.0.0.1", port: env.cluster.port, database_name: "postgres" };
 }
 
-async function pooler(users: Array<Record<string, unknown>>, general: Record<string, unknown> = {}, databases = [db()]) {
+async function pooler(
+  users: Array<Record<string, unknown>>,
+  general: Record<string, unknown> = {},
+  databases = [db()],
+) {
   const pw = await startPgwarden({
     general: { tls_verify: "prefer", token_fetch_timeout: 10_000, ...general },
     databases,
@@ -46,13 +51,30 @@ async function pooler(users: Array<Record<string, unknown>>, general: Record<str
   return pw;
 }
 
-const azureUser = (extra: Record<string, unknown> = {}) => ({ name: "az", server_user: "az_app", server_auth: "azure_workload_identity", ...extra });
-const rdsUser = (extra: Record<string, unknown> = {}) => ({ name: "rds", server_user: "rds_app", server_auth: "rds_iam", server_iam_host: RDS_HOST, ...extra });
+const azureUser = (extra: Record<string, unknown> = {}) => ({
+  name: "az",
+  server_user: "az_app",
+  server_auth: "azure_workload_identity",
+  ...extra,
+});
+const rdsUser = (extra: Record<string, unknown> = {}) => ({
+  name: "rds",
+  server_user: "rds_app",
+  server_auth: "rds_iam",
+  server_iam_host: RDS_HOST,
+  ...extra,
+});
 const entraCalls = (client = "client-a") => env.entra.requests.get(client) ?? 0;
-const fetchLogs = (pw: Pgwarden, provider: string) => logLines(pw).filter((l) => l.msg === "credential fetched" && l.provider === provider);
+const fetchLogs = (pw: Pgwarden, provider: string) =>
+  logLines(pw).filter((l) => l.msg === "credential fetched" && l.provider === provider);
 
 /** n clients running short transactions until `ms` has passed; returns the errors they saw. */
-async function load(pw: Pgwarden, user: string, n: number, ms: number): Promise<{ errors: string[]; queries: number }> {
+async function load(
+  pw: Pgwarden,
+  user: string,
+  n: number,
+  ms: number,
+): Promise<{ errors: string[]; queries: number }> {
   const errors: string[] = [];
   let queries = 0;
   const deadline = Date.now() + ms;
@@ -89,7 +111,9 @@ describe("cold start", () => {
     expect(entraCalls() - before).toBe(1);
     expect(env.entra.inFlight.max).toBe(1);
     expect((await env.cluster.backendPids("az_app")).length).toBe(20);
-    console.log(`[measure] cold start: ${startupMs} ms to listening with 20 servers, 2000 ms token fetch, ${entraCalls() - before} provider call(s)`);
+    console.log(
+      `[measure] cold start: ${startupMs} ms to listening with 20 servers, 2000 ms token fetch, ${entraCalls() - before} provider call(s)`,
+    );
     const c = await connect(pw, "az", "pw", "appdb");
     expect((await c.query("select current_user as u")).rows[0].u).toBe("az_app");
     await c.end();
@@ -108,7 +132,13 @@ describe("rotation under load", () => {
     const awsBefore = env.aws.requests;
     const loginsBefore = env.ldap.stats.accepted;
     // server_lifetime makes servers log in again all the time, each time with the current token.
-    const pw = await pooler([azureUser({ pool_size: 10, min_pool_size: 2 }), rdsUser({ pool_size: 10, min_pool_size: 2 })], { server_lifetime: 2500 });
+    const pw = await pooler(
+      [
+        azureUser({ pool_size: 10, min_pool_size: 2 }),
+        rdsUser({ pool_size: 10, min_pool_size: 2 }),
+      ],
+      { server_lifetime: 2500 },
+    );
     const runMs = 45_000;
     const [az, rds] = await Promise.all([load(pw, "az", 50, runMs), load(pw, "rds", 50, runMs)]);
     const entraCallsMade = entraCalls() - entraBefore;
@@ -145,7 +175,9 @@ describe("sharing", () => {
       [db("appdb"), db("otherdb")],
     );
     const lines = logLines(pw);
-    const refreshers = lines.filter((l) => l.msg === "credential refresher started").map((l) => l.credential as string);
+    const refreshers = lines
+      .filter((l) => l.msg === "credential refresher started")
+      .map((l) => l.credential as string);
     expect(refreshers.length).toBe(4);
     expect(refreshers.filter((k) => k.startsWith("rds_iam(")).length).toBe(3);
     expect(refreshers.filter((k) => k.startsWith("azure_workload_identity(")).length).toBe(1);
@@ -164,7 +196,9 @@ describe("provider outages", () => {
   it("an outage shorter than the token's life: no client error, retries back off", async () => {
     env.entra.setLifetime(40);
     env.entra.setLatency(200);
-    const pw = await pooler([azureUser({ pool_size: 10, min_pool_size: 2 })], { server_lifetime: 2000 });
+    const pw = await pooler([azureUser({ pool_size: 10, min_pool_size: 2 })], {
+      server_lifetime: 2000,
+    });
     const t0 = Date.now();
     const times: number[] = [];
     const count = () => times.push(Date.now());
@@ -187,11 +221,14 @@ describe("provider outages", () => {
     const outageRequests = entraCalls() - failBefore;
     const { errors, queries } = await run;
     const gaps = times.slice(1).map((t, i) => t - times[i]!);
-    console.log(`[measure] short outage: ${queries} queries, ${errors.length} errors, ${outageRequests} requests during 11 s outage, gaps ${gaps.join(",")} ms`);
+    console.log(
+      `[measure] short outage: ${queries} queries, ${errors.length} errors, ${outageRequests} requests during 11 s outage, gaps ${gaps.join(",")} ms`,
+    );
     expect(errors).toEqual([]);
     expect(outageRequests).toBeGreaterThanOrEqual(2);
     expect(outageRequests).toBeLessThanOrEqual(8);
-    for (let i = 1; i < gaps.length; i++) expect(gaps[i]!).toBeGreaterThanOrEqual(gaps[i - 1]! * 0.9);
+    for (let i = 1; i < gaps.length; i++)
+      expect(gaps[i]!).toBeGreaterThanOrEqual(gaps[i - 1]! * 0.9);
     expect(entraCalls() - before).toBeLessThan(15);
     await pw.stop();
   }, 90_000);
@@ -199,7 +236,9 @@ describe("provider outages", () => {
   it("an outage longer than the token's life: clear errors for new connections, open ones keep working, recovery without restart", async () => {
     env.entra.setLifetime(12);
     env.entra.setLatency(100);
-    const pw = await pooler([azureUser({ pool_size: 3, min_pool_size: 1, pooler_mode: "session" })]);
+    const pw = await pooler([
+      azureUser({ pool_size: 3, min_pool_size: 1, pooler_mode: "session" }),
+    ]);
     const holder = await connect(pw, "az", "pw", "appdb");
     env.entra.setFailure("500");
     await sleep(14_000); // the 12 s token has expired, every refresh failed
@@ -230,7 +269,9 @@ describe("rejected tokens and rotated federated tokens", () => {
   it("a token the server rejects is replaced once and the login retried; a rotated token file is sent as the next assertion", async () => {
     env.entra.setLifetime(600);
     env.entra.setLatency(0);
-    const pw = await pooler([azureUser({ pool_size: 3, min_pool_size: 1, pooler_mode: "session" })]);
+    const pw = await pooler([
+      azureUser({ pool_size: 3, min_pool_size: 1, pooler_mode: "session" }),
+    ]);
     const first = await connect(pw, "az", "pw", "appdb");
     const callsBefore = entraCalls();
     const rejectedBefore = env.ldap.stats.rejected;
@@ -242,7 +283,9 @@ describe("rejected tokens and rotated federated tokens", () => {
     expect(env.ldap.stats.rejected - rejectedBefore).toBe(1);
     expect(entraCalls() - callsBefore).toBe(1);
     expect(env.entra.assertions.get("client-a")!.at(-1)).toContain("second-assertion");
-    expect(logLines(pw).some((l) => l.msg === "server rejected the token; fetching a new one")).toBe(true);
+    expect(
+      logLines(pw).some((l) => l.msg === "server rejected the token; fetching a new one"),
+    ).toBe(true);
     await first.end();
     await second.end();
     await pw.stop();

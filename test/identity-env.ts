@@ -4,7 +4,10 @@
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startAwsCredentialsEndpoint, type AwsCredentialsEndpoint } from "./fixtures/aws-credentials.js";
+import {
+  type AwsCredentialsEndpoint,
+  startAwsCredentialsEndpoint,
+} from "./fixtures/aws-credentials.js";
 import { type EntraEmulator, startEntraEmulator } from "./fixtures/entra.js";
 import { IAM_GROUP, ldapHbaLine } from "./fixtures/iam-postgres.js";
 import { type LdapChecker, startLdapChecker } from "./fixtures/ldap-checker.js";
@@ -35,8 +38,15 @@ export interface IdentityEnv {
   stop(): Promise<void>;
 }
 
-export async function startIdentityEnv(opts: { entraLifetimeSec: number; entraLatencyMs: number; awsLifetimeMs: number }): Promise<IdentityEnv> {
-  const entra = await startEntraEmulator({ tokenLifetimeSec: opts.entraLifetimeSec, latencyMs: opts.entraLatencyMs });
+export async function startIdentityEnv(opts: {
+  entraLifetimeSec: number;
+  entraLatencyMs: number;
+  awsLifetimeMs: number;
+}): Promise<IdentityEnv> {
+  const entra = await startEntraEmulator({
+    tokenLifetimeSec: opts.entraLifetimeSec,
+    latencyMs: opts.entraLatencyMs,
+  });
   const aws = await startAwsCredentialsEndpoint({ lifetimeMs: opts.awsLifetimeMs });
   const seenTokens = new Set<string>();
   const lastToken = new Map<string, string>();
@@ -57,13 +67,19 @@ export async function startIdentityEnv(opts: { entraLifetimeSec: number; entraLa
     });
   });
   const certs = makeCerts("DNS:localhost,IP:127.0.0.1");
-  const cluster = await startPostgres({ ssl: { certFile: certs.certFile, keyFile: certs.keyFile }, hba: [ldapHbaLine(ldap.port)] });
+  const cluster = await startPostgres({
+    ssl: { certFile: certs.certFile, keyFile: certs.keyFile },
+    hba: [ldapHbaLine(ldap.port)],
+  });
   clusterPort = cluster.port;
   await cluster.query(`create role ${IAM_GROUP} nologin`);
   const dir = mkdtempSync(join(tmpdir(), "pgwarden-wi-"));
   removeOnExit(dir);
   const tokenFile = join(dir, "azure-identity-token");
-  writeFileSync(tokenFile, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YXBwIn0.first-assertion");
+  writeFileSync(
+    tokenFile,
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YXBwIn0.first-assertion",
+  );
   return {
     cluster,
     ldap,

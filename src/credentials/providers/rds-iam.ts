@@ -24,7 +24,12 @@ export interface AwsCredentials {
   readonly sessionToken?: string;
   readonly expiration?: Date;
 }
-export type AwsCredentialsProvider = () => Promise<AwsCredentials>;
+export type AwsCredentialsProvider = (options?: {
+  forceRefresh?: boolean;
+}) => Promise<AwsCredentials>;
+
+/** The SDK's own "about to expire" window: inside it, the chain hands out old credentials while it refreshes. */
+const AWS_REFRESH_WINDOW_MS = 5 * 60 * 1000;
 
 export interface RdsIamSettings {
   /** The endpoint the token is signed for (server_iam_host, else the database host). */
@@ -38,6 +43,7 @@ export class RdsIamProvider implements TokenProvider {
   readonly kind = "rds_iam";
   readonly description: Readonly<Record<string, string | number>>;
   private credentials: AwsCredentialsProvider;
+  private lastKeyId = "";
 
   constructor(
     private readonly settings: RdsIamSettings,
@@ -61,6 +67,14 @@ export class RdsIamProvider implements TokenProvider {
     let creds: AwsCredentials;
     try {
       creds = await chain();
+      // Inside the window the memoized chain returns the old credentials and refreshes in the
+      // background; a token signed with them would die with them. Ask for new ones instead.
+      // (Credentials we have not signed with before are fresh from the source: keep them.)
+      const expiring =
+        creds.expiration && creds.expiration.getTime() - Date.now() < AWS_REFRESH_WINDOW_MS;
+      if (expiring && creds.accessKeyId === this.lastKeyId)
+        creds = await chain({ forceRefresh: true });
+      this.lastKeyId = creds.accessKeyId;
     } catch (err) {
       replace();
       throw err;
