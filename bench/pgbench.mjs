@@ -18,13 +18,10 @@
 //   BENCH_JOBS       pgbench threads (-j)                         default 2
 //   BENCH_PROTOCOL   simple | extended (-M)                       default simple
 //   BENCH_JSON       also write the results to this file as JSON
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import ts from "typescript";
+import { transpileTestSupport } from "./test-modules.mjs";
 
-const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 const PASSWORD = "bench-password";
 
 function env(name, fallback) {
@@ -59,25 +56,14 @@ for (const w of cfg.workloads) {
     throw new Error(`BENCH_WORKLOADS: unknown workload ${w}`);
 }
 
-/** Transpiles test/harness/*.ts into a temp folder and imports the modules the bench needs. */
+/** The test harness modules the bench needs (see test-modules.mjs). */
 async function loadHarness() {
-  const src = join(ROOT, "test", "harness");
-  mkdirSync(join(ROOT, ".tmp"), { recursive: true });
-  const out = mkdtempSync(join(ROOT, ".tmp", "bench-harness-"));
-  for (const f of readdirSync(src)) {
-    if (!f.endsWith(".ts")) continue;
-    const { outputText } = ts.transpileModule(readFileSync(join(src, f), "utf8"), {
-      fileName: f,
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-    });
-    writeFileSync(join(out, f.replace(/\.ts$/, ".js")), outputText);
-  }
-  const load = (name) => import(pathToFileURL(join(out, `${name}.js`)).href);
+  const { out, load } = transpileTestSupport();
   const [postgres, pgwarden, pgbouncer, clients] = await Promise.all([
-    load("postgres"),
-    load("pgwarden"),
-    load("pgbouncer"),
-    load("clients"),
+    load("harness/postgres"),
+    load("harness/pgwarden"),
+    load("harness/pgbouncer"),
+    load("harness/clients"),
   ]);
   return { out, postgres, pgwarden, pgbouncer, clients };
 }

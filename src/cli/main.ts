@@ -60,7 +60,13 @@ async function main(): Promise<void> {
     refreshBuffer: config.general.token_refresh_buffer,
     fetchTimeout: config.general.token_fetch_timeout,
     logger,
+    // Benchmark baseline only: a token fetch per server login, as a pooler without the engine.
+    cache: process.env.PGWARDEN_TOKEN_CACHE !== "off",
   });
+  if (process.env.PGWARDEN_TOKEN_CACHE === "off")
+    logger.warn(
+      "PGWARDEN_TOKEN_CACHE=off: every server login fetches its own token (benchmark baseline)",
+    );
   let registry: PoolRegistry;
   try {
     registry = new PoolRegistry(config, logger, engine, process.env);

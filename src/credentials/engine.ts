@@ -15,6 +15,8 @@ export interface EngineOptions {
   readonly clock?: Clock;
   readonly minBackoff?: number;
   readonly maxBackoff?: number;
+  /** false only to measure a cache-less baseline (see EntryOptions.cache). */
+  readonly cache?: boolean;
 }
 
 /**
@@ -52,6 +54,7 @@ export class CredentialEngine {
         logger: o.logger,
         ...(o.minBackoff !== undefined ? { minBackoff: o.minBackoff } : {}),
         ...(o.maxBackoff !== undefined ? { maxBackoff: o.maxBackoff } : {}),
+        ...(o.cache !== undefined ? { cache: o.cache } : {}),
       });
       this.entries.set(key, entry);
       this.opts.logger.info(

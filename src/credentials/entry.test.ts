@@ -261,3 +261,29 @@ describe("sanitize", () => {
     expect(s).not.toContain("deadbeef");
   });
 });
+
+describe("cache off (benchmark baseline)", () => {
+  it("fetches once per get, concurrently, and schedules nothing", async () => {
+    const clock = new ManualClock();
+    const provider = new FakeProvider(clock);
+    const entry = new CredentialEntry("k", provider, {
+      refreshBuffer: 45_000,
+      fetchTimeout: 10_000,
+      clock,
+      logger: silentLogger(),
+      cache: false,
+    });
+    entry.start();
+    const gets = Array.from({ length: 5 }, () => entry.get());
+    await clock.advance(2000);
+    expect(await Promise.all(gets)).toEqual([
+      "token-1",
+      "token-2",
+      "token-3",
+      "token-4",
+      "token-5",
+    ]);
+    expect(provider.maxInFlight).toBe(5);
+    expect(clock.pendingTimers).toBe(0);
+  });
+});

@@ -31,6 +31,11 @@ export interface EntryOptions {
   readonly invalidateInterval?: number;
   /** Don't hand out a token with less than this left (ms): it could expire on the wire. */
   readonly minRemaining?: number;
+  /**
+   * false: no cache, no sharing, no refresher: every login fetches its own token, as a naive
+   * pooler does. Only for measuring what the engine saves (bench:credentials).
+   */
+  readonly cache?: boolean;
 }
 
 interface HeldToken {
@@ -75,12 +80,14 @@ export class CredentialEntry {
       maxBackoff: 30_000,
       invalidateInterval: 5000,
       minRemaining: 1000,
+      cache: true,
       ...opts,
     };
   }
 
   /** The secret to log in with now. */
   get(): Promise<string> {
+    if (!this.opts.cache) return this.fetchUncached();
     const t = this.token;
     if (t !== null && this.isUsable(t)) return Promise.resolve(t.secret);
     if (this.inflight !== null) return this.inflight.then(secretOf);
@@ -120,7 +127,7 @@ export class CredentialEntry {
 
   /** Starts the background refresher (when the first pool using this identity starts). */
   start(): void {
-    if (this.started || this.stopped) return;
+    if (this.started || this.stopped || !this.opts.cache) return;
     this.started = true;
     if (this.token !== null) this.scheduleRefresh(this.token);
   }
@@ -183,6 +190,34 @@ export class CredentialEntry {
     return new CredentialError(
       `${this.provider.kind}: no valid token (${this.describe()}): ${this.lastError ?? "unknown error"}`,
       this.provider.kind,
+    );
+  }
+
+  private fetchUncached(): Promise<string> {
+    const { clock, fetchTimeout } = this.opts;
+    this.fetches++;
+    const ac = new AbortController();
+    const timeout = clock.setTimeout(
+      () => ac.abort(new Error(`timed out after ${fetchTimeout} ms`)),
+      fetchTimeout,
+    );
+    const aborted = new Promise<never>((_, reject) => {
+      ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true });
+    });
+    return Promise.race([this.provider.fetch(ac.signal), aborted]).then(
+      (f) => {
+        clock.clearTimeout(timeout);
+        return f.secret;
+      },
+      (err: unknown) => {
+        clock.clearTimeout(timeout);
+        this.failures++;
+        throw new CredentialError(
+          `${this.provider.kind}: could not get a token: ${sanitize(errorMessage(err))}`,
+          this.provider.kind,
+          err,
+        );
+      },
     );
   }
 
