@@ -88,6 +88,9 @@ export class ServerConnection {
   readonly id = nextId++;
   readonly opts: ServerOptions;
   readonly createdAt = performance.now();
+  /** Epoch ms of the connect, for SHOW SERVERS. */
+  readonly connectedAtWall = Date.now();
+  tls = false;
   /** When it last went back to its pool (performance.now()). */
   lastReleasedAt = performance.now();
   /** Server's BackendKeyData. */
@@ -139,6 +142,7 @@ export class ServerConnection {
   /** Called by Login when the first ReadyForQuery arrives; `rest` is any byte after it. */
   installPump(socket: net.Socket, rest: Buffer): void {
     this.socket = socket;
+    this.tls = socket instanceof tls.TLSSocket;
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", (err) => this.destroy(`socket error: ${err.message}`, err));
     socket.on("close", () => this.destroy("server closed the connection"));

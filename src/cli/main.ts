@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { ConfigError, loadConfig } from "../config/index.js";
+import { type Config, ConfigError, diffConfig, loadConfig } from "../config/index.js";
 import { CredentialEngine } from "../credentials/index.js";
 import { Frontend } from "../frontend/index.js";
 import { PoolRegistry } from "../pool/index.js";
@@ -25,6 +25,9 @@ function version(): string {
   return pkg.version;
 }
 
+/** [general] keys a reload cannot apply to a running process (the listener is bound). */
+const RESTART_KEYS = new Set(["host", "port", "openmetrics_port", "log_level"]);
+
 async function main(): Promise<void> {
   let args: ReturnType<typeof parse>;
   try {
@@ -44,7 +47,7 @@ async function main(): Promise<void> {
   const configPath = resolve(args.config ?? process.env.PGWARDEN_CONFIG ?? "pgwarden.toml");
   const usersPath = resolve(args.users ?? process.env.PGWARDEN_USERS ?? "users.toml");
 
-  let config: ReturnType<typeof loadConfig>;
+  let config: Config;
   try {
     config = loadConfig(configPath, usersPath, process.env);
   } catch (err) {

@@ -18,7 +18,7 @@
 import { randomInt } from "node:crypto";
 import type net from "node:net";
 import tls from "node:tls";
-import type { Config, UserConfig } from "../config/index.js";
+import type { Config } from "../config/index.js";
 import type { Lease, LeaseHolder, Pool, PoolRegistry } from "../pool/index.js";
 import { TRACKED_REPORTED, wantedSettings } from "../pool/index.js";
 import {
@@ -79,7 +79,7 @@ export class ClientSession implements LeaseHolder {
   private readonly buf = new MessageBuffer(MAX_AUTH_MESSAGE);
   private auth: ClientAuth | null = null;
   private pool: Pool | null = null;
-  private userConfig: UserConfig | null = null;
+  private poolGeneration = -1;
   private wanted = new Map<string, string>();
   private lease: Lease | null = null;
   private acquiring = false;
@@ -142,6 +142,17 @@ export class ClientSession implements LeaseHolder {
     this.fatal(
       new PgError("FATAL", "57P01", "terminating connection due to administrator command"),
     );
+  }
+
+  /** After a reload: a session-pooled client whose pool was replaced or removed leaves when idle. */
+  afterReload(): void {
+    if (this.state !== READY || this.pool === null) return;
+    if (
+      this.pool.settings.mode === "session" &&
+      this.ctx.registry.get(this.user, this.database) !== this.pool
+    ) {
+      this.requestClose();
+    }
   }
 
   /** Routes a CancelRequest to the server running this client's query. */
@@ -281,7 +292,7 @@ export class ClientSession implements LeaseHolder {
     const userConfig = config.users.find((u) => u.name === user && u.database === this.database);
     if (!pool || !userConfig) throw new PgError("FATAL", "28000", `role "${user}" does not exist`);
     this.pool = pool;
-    this.userConfig = userConfig;
+    this.poolGeneration = this.ctx.registry.generation;
     try {
       this.wanted = wantedSettings(params);
     } catch (err) {
@@ -335,7 +346,7 @@ export class ClientSession implements LeaseHolder {
       },
       "client login",
     );
-    if (this.userConfig!.pooler_mode === "transaction") {
+    if (this.pool!.settings.mode === "transaction") {
       this.lease = null;
       lease.release(true);
     }
@@ -345,6 +356,24 @@ export class ClientSession implements LeaseHolder {
 
   private acquire(): void {
     this.acquiring = true;
+    const reg = this.ctx.registry;
+    if (this.poolGeneration !== reg.generation) {
+      // A reload happened: follow this (user, database) to its current pool, if it still has one.
+      const current = reg.get(this.user, this.database);
+      if (!current) {
+        this.acquiring = false;
+        this.fatal(
+          new PgError(
+            "FATAL",
+            "57P01",
+            `terminating connection: user "${this.user}" of database "${this.database}" was removed from the configuration`,
+          ),
+        );
+        return;
+      }
+      this.pool = current;
+      this.poolGeneration = reg.generation;
+    }
     const result = this.pool!.acquire(this);
     if (result instanceof Promise) {
       result.then(
@@ -501,7 +530,7 @@ export class ClientSession implements LeaseHolder {
     if (!this.releasable(status)) return;
     lease.countTransaction(this.queries);
     this.queries = 0;
-    if (this.userConfig!.pooler_mode === "transaction") {
+    if (this.pool!.settings.mode === "transaction") {
       this.lease = null;
       lease.release(true);
     }
@@ -577,7 +606,7 @@ export class ClientSession implements LeaseHolder {
     this.lease = null;
     if (lease) {
       const idle = !unclean && this.releasable(lease.txStatus);
-      lease.release(idle, idle && this.userConfig?.pooler_mode === "session");
+      lease.release(idle, idle && this.pool?.settings.mode === "session");
     }
     if (!this.socket.destroyed) this.socket.end();
     if (wasReady)

@@ -83,6 +83,13 @@ export class Frontend implements FrontendContext {
     return { host: addr.address, port: addr.port };
   }
 
+  /** A reload was applied: new config for logins, new client certificate, sessions follow. */
+  applyConfig(config: Config): void {
+    this.config = config;
+    this.tlsContext = makeTlsContext(config);
+    for (const s of this.sessions.values()) s.afterReload();
+  }
+
   /** Stops accepting; idle clients are closed now, busy ones when their transaction ends. */
   stopAccepting(): void {
     this.shuttingDown = true;

@@ -1,6 +1,7 @@
 export type { LeaseHolder } from "./lease.js";
 export { Lease } from "./lease.js";
 export { TRACKED_REPORTED, wantedSettings } from "./params.js";
-export type { CredentialSource, PoolSettings, PoolStats } from "./pool.js";
+export type { CredentialSource, PoolSettings } from "./pool.js";
 export { Pool } from "./pool.js";
 export { PoolRegistry, poolKey } from "./registry.js";
+export type { PoolSnapshot, ServerSnapshot } from "./snapshot.js";

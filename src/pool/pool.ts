@@ -16,6 +16,7 @@ import { ServerConnection as Server } from "../backend/index.js";
 import type { PoolerMode } from "../config/index.js";
 import { errorMessage, isAuthFailure, type Logger, PgwardenError, Queue } from "../util/index.js";
 import { Lease, type LeaseHolder } from "./lease.js";
+import type { PoolSnapshot, ServerSnapshot } from "./snapshot.js";
 
 export interface PoolSettings {
   /** The client-facing user and database of this pool. */
@@ -55,19 +56,6 @@ interface Waiter {
   since: number;
 }
 
-export interface PoolStats {
-  idle: number;
-  active: number;
-  connecting: number;
-  waiting: number;
-  maxWaitMs: number;
-  totalXact: number;
-  totalQuery: number;
-  totalWaitMs: number;
-  checkouts: number;
-  connectFailures: number;
-}
-
 export class Pool {
   readonly name: string;
   settings: PoolSettings;
@@ -76,6 +64,8 @@ export class Pool {
   connecting = 0;
   private readonly waiters = new Queue<Waiter>();
   private draining = false;
+  private paused = false;
+  private pauseWaiters: Array<() => void> = [];
   private failures = 0;
   private nextRefillAt = 0;
   readonly logger: Logger;
@@ -116,7 +106,7 @@ export class Pool {
       );
     }
     this.stats.checkouts++;
-    const server = this.popIdle();
+    const server = this.paused ? null : this.popIdle();
     if (server !== null) return this.lease(server, holder);
     return new Promise<Lease>((resolve, reject) => {
       const since = performance.now();
@@ -141,7 +131,12 @@ export class Pool {
         }, checkoutTimeout);
       }
       this.waiters.push(waiter);
-      if (this.size < this.settings.poolSize && this.connecting < this.liveWaiters()) this.open();
+      if (
+        !this.paused &&
+        this.size < this.settings.poolSize &&
+        this.connecting < this.liveWaiters()
+      )
+        void this.open().catch(() => {});
     });
   }
 
@@ -163,7 +158,14 @@ export class Pool {
     const server = lease.server;
     this.leased.delete(server);
     server.detach();
-    if (!clean || server.closed || this.draining || server.ageMs > this.settings.serverLifetime) {
+    const oversize = this.size + 1 > this.settings.poolSize; // +1: the server being released
+    if (
+      !clean ||
+      server.closed ||
+      this.draining ||
+      oversize ||
+      server.ageMs > this.settings.serverLifetime
+    ) {
       this.discard(
         server,
         clean
@@ -219,6 +221,17 @@ export class Pool {
     }
   }
 
+  /**
+   * New sizes and timeouts from a reload, applied in place: the pool keeps its servers. A smaller
+   * pool closes idle servers now and leased ones as they come back; a larger min_pool_size is
+   * reached by maintenance.
+   */
+  update(settings: PoolSettings): void {
+    this.settings = settings;
+    while (this.size > settings.poolSize && this.idle.length > 0)
+      this.discard(this.idle.shift()!, "pool_size reduced");
+  }
+
   /** Stops checkouts, closes idle servers now and leased ones as they come back. */
   drain(): void {
     if (this.draining) return;
@@ -247,18 +260,73 @@ export class Pool {
     for (const s of this.leased.keys()) s.markForClose = true;
   }
 
-  snapshot(): PoolStats {
+  snapshot(): PoolSnapshot {
     let maxWaitMs = 0;
+    let waiting = 0;
     const now = performance.now();
-    for (const w of this.waiters) if (!w.done) maxWaitMs = Math.max(maxWaitMs, now - w.since);
+    for (const w of this.waiters) {
+      if (w.done) continue;
+      waiting++;
+      maxWaitMs = Math.max(maxWaitMs, now - w.since);
+    }
+    const s = this.settings;
     return {
-      idle: this.idle.length,
-      active: this.leased.size,
-      connecting: this.connecting,
-      waiting: this.liveWaiters(),
+      user: s.user,
+      database: s.database,
+      mode: s.mode,
+      poolSize: s.poolSize,
+      minPoolSize: s.minPoolSize,
+      host: s.host,
+      port: s.port,
+      serverDatabase: s.serverDatabase,
+      serverUser: s.serverUser,
+      clActive: this.leased.size,
+      clWaiting: waiting,
+      svActive: this.leased.size,
+      svIdle: this.idle.length,
+      svConnecting: this.connecting,
       maxWaitMs,
+      paused: this.paused,
       ...this.stats,
     };
+  }
+
+  servers(): ServerSnapshot[] {
+    const s = this.settings;
+    const row = (c: ServerConnection, state: "active" | "idle"): ServerSnapshot => ({
+      user: s.user,
+      database: s.database,
+      state,
+      host: s.host,
+      port: s.port,
+      backendPid: c.pid,
+      connectTime: c.connectedAtWall,
+      tls: c.tls,
+    });
+    return [
+      ...[...this.leased.keys()].map((c) => row(c, "active")),
+      ...this.idle.map((c) => row(c, "idle")),
+    ];
+  }
+
+  /**
+   * PAUSE: no new transaction gets a server; resolves once every leased server is back (the
+   * running transactions finished). Clients that arrive meanwhile wait, as in PgBouncer.
+   */
+  pause(): Promise<void> {
+    this.paused = true;
+    if (this.leased.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.pauseWaiters.push(resolve));
+  }
+
+  /** RESUME: waiting clients get servers again. */
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    while (this.idle.length > 0 && this.liveWaiters() > 0) this.handOut(this.idle.pop()!);
+    const need = this.liveWaiters() - this.connecting;
+    for (let i = 0; i < need && this.size < this.settings.poolSize; i++)
+      void this.open().catch(() => {});
   }
 
   // ---- internals ----------------------------------------------------------------------------
@@ -295,6 +363,12 @@ export class Pool {
       this.afterLoss();
       return;
     }
+    if (this.paused) {
+      server.lastReleasedAt = performance.now();
+      this.idle.push(server);
+      this.checkPaused();
+      return;
+    }
     for (let w = this.waiters.shift(); w !== undefined; w = this.waiters.shift()) {
       if (w.done) continue;
       w.done = true;
@@ -306,9 +380,17 @@ export class Pool {
     this.idle.push(server);
   }
 
+  private checkPaused(): void {
+    if (!this.paused || this.leased.size > 0) return;
+    const waiters = this.pauseWaiters;
+    this.pauseWaiters = [];
+    for (const w of waiters) w();
+  }
+
   /** After a server is gone: open a replacement if clients are waiting for one. */
   private afterLoss(): void {
-    if (this.draining) return;
+    this.checkPaused();
+    if (this.draining || this.paused) return;
     if (this.liveWaiters() > this.connecting && this.size < this.settings.poolSize)
       void this.open().catch(() => {});
   }

@@ -1,6 +1,16 @@
-// Registry: every pool, keyed by (user, database), built from the Config. Owns the single
-// maintenance timer that drives each pool's upkeep, so idle/lifetime/min-size work costs one
-// timer for the whole process rather than one per pool.
+// Registry: every pool, keyed by (user, database), built from the Config, and the reload that
+// reconciles them with a new Config.
+//
+// Model: `pools` holds the current pool of each (user, database). A reload builds the new
+// settings of every user first (so an incomplete credential setting fails the reload before
+// anything changes), then per user: same server-side identity (host, port, database, server
+// user, secret source, mode, TLS) → the pool stays and takes the new sizes and timeouts in
+// place, keeping its server connections; anything else → a new pool replaces it and the old
+// one drains (idle servers close now, leased ones when their client releases them); gone →
+// drains. Credential entries are reference-counted by pools: the new pool takes its reference
+// before the old one lets go, so an unchanged identity keeps its token and refresher, and an
+// identity nobody uses any more stops. `generation` changes on every reload so that client
+// sessions re-resolve their pool. One maintenance timer drives every pool's upkeep.
 
 import { readFileSync } from "node:fs";
 import {
@@ -9,21 +19,50 @@ import {
   TOKEN_AUTH_MODES,
   type UserConfig,
 } from "../config/index.js";
-import { type CredentialEngine, type CredentialEntry, identityFor } from "../credentials/index.js";
+import {
+  type CredentialEngine,
+  type CredentialEntry,
+  type Identity,
+  identityFor,
+} from "../credentials/index.js";
 import { type Logger, PgwardenError } from "../util/index.js";
 import { type CredentialSource, Pool, type PoolSettings } from "./pool.js";
+import type { PoolSnapshot, ServerSnapshot } from "./snapshot.js";
 
 const MAINTENANCE_INTERVAL_MS = 1000;
+
+type Env = Readonly<Record<string, string | undefined>>;
 
 export function poolKey(user: string, database: string): string {
   return `${user}\0${database}`;
 }
 
+interface Planned {
+  readonly key: string;
+  readonly user: UserConfig;
+  readonly db: DatabaseConfig;
+  readonly identity: Identity | null;
+  /** Everything that makes server connections of this pool what they are. */
+  readonly signature: string;
+}
+
+export interface ReloadResult {
+  readonly kept: string[];
+  readonly resized: string[];
+  readonly replaced: string[];
+  readonly added: string[];
+  readonly removed: string[];
+}
+
 export class PoolRegistry {
-  private readonly pools = new Map<string, Pool>();
+  private pools = new Map<string, Pool>();
+  private readonly signatures = new Map<Pool, string>();
   /** The credential entry each token-authenticated pool holds a reference on. */
   private readonly credentials = new Map<Pool, CredentialEntry>();
+  /** Pools taken out by a reload that still have leased servers. */
+  private readonly draining = new Set<Pool>();
   private timer: NodeJS.Timeout | null = null;
+  generation = 0;
   config: Config;
 
   /** Throws (before anything starts) when a user's credential settings are incomplete. */
@@ -31,30 +70,10 @@ export class PoolRegistry {
     config: Config,
     private readonly logger: Logger,
     private readonly engine: CredentialEngine,
-    env: Readonly<Record<string, string | undefined>> = process.env,
+    private readonly env: Env = process.env,
   ) {
     this.config = config;
-    const identities = config.users.map((user) => {
-      const db = config.databases.find((d) => d.name === user.database);
-      if (!db)
-        throw new PgwardenError(
-          "CONFIG",
-          `user "${user.name}": database "${user.database}" is not defined`,
-        );
-      return { user, db, identity: identityFor(user, db, env) };
-    });
-    for (const { user, db, identity } of identities) {
-      let credential: CredentialSource = staticSecret(user);
-      let entry: CredentialEntry | null = null;
-      if (identity !== null) {
-        const e = engine.acquire(identity.key, identity.make);
-        entry = e;
-        credential = { get: () => e.get(), invalidate: (rejected) => e.invalidate(rejected) };
-      }
-      const pool = new Pool(settingsFor(config, db, user, credential), logger);
-      this.pools.set(poolKey(user.name, user.database), pool);
-      if (entry) this.credentials.set(pool, entry);
-    }
+    for (const p of this.plan(config)) this.create(config, p);
   }
 
   get(user: string, database: string): Pool | undefined {
@@ -71,15 +90,53 @@ export class PoolRegistry {
    * refreshers and maintenance keep trying.
    */
   async start(): Promise<void> {
-    const entries = new Set(this.credentials.values());
-    await Promise.allSettled([...entries].map((e) => e.get()));
-    await Promise.all([...this.pools.values()].map((p) => p.warm()));
-    this.logger.debug({ pools: this.pools.size }, "pools warmed");
-    this.timer = setInterval(() => {
-      const now = performance.now();
-      for (const p of this.pools.values()) p.maintain(now);
-    }, MAINTENANCE_INTERVAL_MS);
+    await this.warm([...this.pools.values()]);
+    this.timer = setInterval(() => this.maintain(), MAINTENANCE_INTERVAL_MS);
     this.timer.unref();
+  }
+
+  /**
+   * Applies a new, already validated Config. Throws without changing anything when a user's
+   * credential settings are incomplete.
+   */
+  async reload(next: Config): Promise<ReloadResult> {
+    const planned = this.plan(next);
+    const result: ReloadResult = { kept: [], resized: [], replaced: [], added: [], removed: [] };
+    const nextPools = new Map<string, Pool>();
+    const fresh: Pool[] = [];
+    for (const p of planned) {
+      const old = this.pools.get(p.key);
+      const name = `${p.user.name}/${p.user.database}`;
+      if (old && this.signatures.get(old) === p.signature) {
+        const settings = settingsFor(next, p.db, p.user, old.settings.credential);
+        const resized =
+          settings.poolSize !== old.settings.poolSize ||
+          settings.minPoolSize !== old.settings.minPoolSize;
+        old.update(settings);
+        (resized ? result.resized : result.kept).push(name);
+        nextPools.set(p.key, old);
+        continue;
+      }
+      const pool = this.create(next, p, nextPools);
+      fresh.push(pool);
+      if (old) {
+        result.replaced.push(name);
+        this.retire(old, "configuration changed");
+      } else {
+        result.added.push(name);
+      }
+    }
+    for (const [key, old] of this.pools) {
+      if (!nextPools.has(key)) {
+        result.removed.push(old.name);
+        this.retire(old, "removed from the configuration");
+      }
+    }
+    this.pools = nextPools;
+    this.config = next;
+    this.generation++;
+    await this.warm(fresh);
+    return result;
   }
 
   /** Stops maintenance and checkouts; idle servers close now, leased ones on release. */
@@ -91,17 +148,110 @@ export class PoolRegistry {
 
   closeAll(reason: string): void {
     this.drain();
-    for (const p of this.pools.values()) p.closeAll(reason);
-    for (const [pool, entry] of this.credentials) {
-      this.engine.release(entry);
-      this.credentials.delete(pool);
+    for (const p of [...this.pools.values(), ...this.draining]) {
+      p.closeAll(reason);
+      this.releaseCredential(p);
     }
+    this.draining.clear();
   }
 
   leasedCount(): number {
     let n = 0;
     for (const p of this.pools.values()) n += p.leased.size;
     return n;
+  }
+
+  /** Pools of `database` (client-facing name), or all. */
+  select(database?: string): Pool[] {
+    return [...this.pools.values()].filter(
+      (p) => database === undefined || p.settings.database === database,
+    );
+  }
+
+  snapshots(): PoolSnapshot[] {
+    return [...this.pools.values()].map((p) => p.snapshot());
+  }
+
+  servers(): ServerSnapshot[] {
+    return [...this.pools.values(), ...this.draining].flatMap((p) => p.servers());
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  private plan(config: Config): Planned[] {
+    return config.users.map((user) => {
+      const db = config.databases.find((d) => d.name === user.database);
+      if (!db)
+        throw new PgwardenError(
+          "CONFIG",
+          `user "${user.name}": database "${user.database}" is not defined`,
+        );
+      const identity = identityFor(user, db, this.env);
+      const g = config.general;
+      const signature = JSON.stringify([
+        db.host,
+        db.port,
+        db.database_name,
+        user.server_user,
+        user.pooler_mode,
+        user.server_auth,
+        identity?.key ?? user.server_password ?? null,
+        g.tls_verify,
+        g.tls_server_ca_certificate ?? null,
+      ]);
+      return { key: poolKey(user.name, user.database), user, db, identity, signature };
+    });
+  }
+
+  private create(config: Config, p: Planned, into = this.pools): Pool {
+    let credential: CredentialSource = staticSecret(p.user);
+    let entry: CredentialEntry | null = null;
+    if (p.identity !== null) {
+      const e = this.engine.acquire(p.identity.key, p.identity.make);
+      entry = e;
+      credential = { get: () => e.get(), invalidate: (rejected) => e.invalidate(rejected) };
+    }
+    const pool = new Pool(settingsFor(config, p.db, p.user, credential), this.logger);
+    into.set(p.key, pool);
+    this.signatures.set(pool, p.signature);
+    if (entry) this.credentials.set(pool, entry);
+    return pool;
+  }
+
+  /** Takes a pool out of service: drains it, and lets its credential go once it is empty. */
+  private retire(pool: Pool, reason: string): void {
+    this.logger.info({ pool: pool.name, reason, leased: pool.leased.size }, "pool retired");
+    pool.drain();
+    this.signatures.delete(pool);
+    if (pool.leased.size === 0 && pool.connecting === 0) this.releaseCredential(pool);
+    else this.draining.add(pool);
+  }
+
+  private releaseCredential(pool: Pool): void {
+    const entry = this.credentials.get(pool);
+    if (entry) {
+      this.credentials.delete(pool);
+      this.engine.release(entry);
+    }
+  }
+
+  private maintain(): void {
+    const now = performance.now();
+    for (const p of this.pools.values()) p.maintain(now);
+    for (const p of this.draining) {
+      if (p.leased.size === 0 && p.connecting === 0) {
+        this.draining.delete(p);
+        this.releaseCredential(p);
+      }
+    }
+  }
+
+  private async warm(pools: Pool[]): Promise<void> {
+    const entries = new Set(
+      pools.map((p) => this.credentials.get(p)).filter((e) => e !== undefined),
+    );
+    await Promise.allSettled([...entries].map((e) => e.get()));
+    await Promise.all(pools.map((p) => p.warm()));
   }
 }
 
