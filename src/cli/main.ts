@@ -94,9 +94,35 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
-  process.on("SIGHUP", () =>
-    logger.warn("SIGHUP received: configuration reload is not implemented yet; ignoring"),
-  );
+  /** Reads and validates both files; applies them as a diff, or changes nothing. */
+  let reloading: Promise<string> | null = null;
+  const reload = (trigger: string): Promise<string> => {
+    reloading ??= (async () => {
+      try {
+        const next = loadConfig(configPath, usersPath, process.env);
+        const result = await registry.reload(next);
+        frontend.applyConfig(next);
+        const changedGeneral = diffConfig(config, next).general;
+        const needsRestart = changedGeneral.filter((k) => RESTART_KEYS.has(k));
+        config = next;
+        logger.info(
+          { trigger, ...result, general: changedGeneral, needs_restart: needsRestart },
+          "configuration reloaded",
+        );
+        return `reloaded: ${result.added.length} added, ${result.removed.length} removed, ${result.replaced.length} replaced, ${result.resized.length} resized, ${result.kept.length} unchanged`;
+      } catch (err) {
+        logger.error(
+          { trigger, err: errorMessage(err) },
+          "configuration reload failed; keeping the running configuration",
+        );
+        throw err;
+      }
+    })().finally(() => {
+      reloading = null;
+    });
+    return reloading;
+  };
+  process.on("SIGHUP", () => void reload("SIGHUP").catch(() => {}));
 
   await registry.start();
   const address = await frontend.listen();
