@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { type Config, ConfigError, diffConfig, loadConfig } from "../config/index.js";
 import { CredentialEngine } from "../credentials/index.js";
 import { Frontend } from "../frontend/index.js";
+import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
 import { PoolRegistry } from "../pool/index.js";
 import { createLogger, errorMessage } from "../util/index.js";
 
@@ -79,6 +80,7 @@ async function main(): Promise<void> {
   }
   const frontend = new Frontend(config, registry, logger);
 
+  const stopHooks: Array<() => Promise<void>> = [];
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
@@ -88,6 +90,7 @@ async function main(): Promise<void> {
     await frontend.drainClients(config.general.shutdown_timeout);
     registry.closeAll("pgwarden shutting down");
     engine.stopAll();
+    for (const hook of stopHooks) await hook().catch(() => {});
     logger.info("shutdown complete");
     logger.flush?.();
     setTimeout(() => process.exit(0), 50).unref();
@@ -125,6 +128,25 @@ async function main(): Promise<void> {
   process.on("SIGHUP", () => void reload("SIGHUP").catch(() => {}));
 
   await registry.start();
+  let metricsServer: MetricsServer | null = null;
+  if (config.general.openmetrics_port !== undefined) {
+    const { registry: metricsRegistry } = createMetrics({
+      pools: () => registry.snapshots(),
+      credentials: () => engine.snapshot(),
+      clients: () => frontend.clientCounts(),
+    });
+    const host = config.general.host === "*" ? "0.0.0.0" : config.general.host;
+    metricsServer = await startMetricsServer({
+      host,
+      port: config.general.openmetrics_port,
+      registry: metricsRegistry,
+      logger,
+    });
+    logger.info({ port: metricsServer.port, path: "/metrics" }, "metrics listening");
+  }
+  stopHooks.push(async () => {
+    await metricsServer?.close();
+  });
   const address = await frontend.listen();
   logger.info(
     { host: address.host, port: address.port, pools: [...registry.all()].map((p) => p.name) },

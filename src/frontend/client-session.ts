@@ -48,8 +48,8 @@ export interface FrontendContext {
   register(session: ClientSession): boolean;
   unregister(session: ClientSession): void;
   cancel(pid: number, secret: number): void;
-  /** The admin console, when the client asks for the admin database (issue: operations). */
-  admin?: ((session: ClientSession, socket: net.Socket, rest: Buffer) => void) | undefined;
+  /** Runs one admin-console query string; returns the messages to send (no ReadyForQuery). */
+  readonly adminExecutor: ((sql: string) => Promise<Buffer[]>) | null;
 }
 
 const STARTUP = 0;
@@ -57,6 +57,8 @@ const AUTH = 1;
 const LOGIN = 2;
 const READY = 3;
 const CLOSED = 4;
+/** Logged in to the admin console: simple queries go to the admin executor. */
+const ADMIN = 5;
 
 // Every client message type is reported at its header: the session counts them.
 const CLIENT_MODES = frameModes([], FRAME_HEADER);
@@ -92,6 +94,8 @@ export class ClientSession implements LeaseHolder {
   private waitingServerDrain = false;
   private closeWhenIdle = false;
   private pausedForLease = false;
+  private isAdmin = false;
+  private adminQueue: Promise<void> = Promise.resolve();
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
 
   constructor(
@@ -122,7 +126,35 @@ export class ClientSession implements LeaseHolder {
 
   get stateName(): string {
     if (this.state === READY) return this.lease ? "active" : this.acquiring ? "waiting" : "idle";
-    return ["startup", "auth", "login", "ready", "closed"][this.state]!;
+    return ["startup", "auth", "login", "ready", "closed", "admin"][this.state]!;
+  }
+
+  view(): {
+    user: string;
+    database: string;
+    state: "active" | "idle" | "waiting" | "login";
+    addr: string;
+    port: number;
+    connectTime: number;
+    pid: number;
+    serverPid: number;
+    tls: boolean;
+    applicationName: string;
+  } {
+    const n = this.stateName;
+    const state = n === "active" || n === "idle" || n === "waiting" ? n : "login";
+    return {
+      user: this.user,
+      database: this.database,
+      state,
+      addr: this.socket.remoteAddress ?? "",
+      port: this.socket.remotePort ?? 0,
+      connectTime: this.connectedAt,
+      pid: this.pid,
+      serverPid: this.serverPid,
+      tls: this.tls,
+      applicationName: this.applicationName,
+    };
   }
 
   /** Shutdown: close now if idle, else when the current transaction ends. */
@@ -181,7 +213,8 @@ export class ClientSession implements LeaseHolder {
       }
       if (this.state === CLOSED) return;
       this.buf.push(chunk);
-      this.processHandshake();
+      if (this.state === ADMIN) this.adminData();
+      else this.processHandshake();
     } catch (err) {
       this.fatal(err);
     }
@@ -279,10 +312,19 @@ export class ClientSession implements LeaseHolder {
     if (!this.ctx.register(this))
       throw new PgError("FATAL", "53300", "sorry, too many clients already");
 
-    if (this.database === config.admin.name && this.ctx.admin) {
-      this.state = CLOSED;
-      this.socket.removeListener("data", this.onDataBound);
-      this.ctx.admin(this, this.socket, this.buf.takeRest());
+    if (this.database === config.admin.name) {
+      if (user !== config.admin.user) {
+        throw new PgError(
+          "FATAL",
+          "28000",
+          `role "${user}" is not allowed to use the admin console`,
+        );
+      }
+      this.isAdmin = true;
+      // The admin password is checked with SCRAM whatever auth_type says.
+      this.auth = new ClientAuth(user, config.admin.password, "scram");
+      this.state = AUTH;
+      this.onAuthStep(this.auth.start());
       return;
     }
     if (!config.databases.some((d) => d.name === this.database)) {
@@ -322,10 +364,73 @@ export class ClientSession implements LeaseHolder {
       throw new PgError("FATAL", "28P01", `password authentication failed for user "${this.user}"`);
     }
     this.socket.write(step.data ? Buffer.concat([step.data, authenticationOk]) : authenticationOk);
+    if (this.isAdmin) {
+      this.adminWelcome();
+      return;
+    }
     this.state = LOGIN;
     const rest = this.buf.takeRest();
     if (rest.length > 0) this.pending.push(rest);
     this.acquire();
+  }
+
+  private adminWelcome(): void {
+    const parts = [
+      parameterStatus("server_version", "15.0 (pgwarden admin)"),
+      parameterStatus("server_encoding", "UTF8"),
+      parameterStatus("client_encoding", "UTF8"),
+      parameterStatus("DateStyle", "ISO, MDY"),
+      parameterStatus("integer_datetimes", "on"),
+      parameterStatus("standard_conforming_strings", "on"),
+      parameterStatus("application_name", this.applicationName),
+      backendKeyData(this.pid, this.secret),
+      readyForQuery("I"),
+    ];
+    this.socket.write(Buffer.concat(parts));
+    this.state = ADMIN;
+    this.ctx.logger.info(
+      { client: this.remote, user: this.user, database: this.database, auth: "ok", admin: true },
+      "client login",
+    );
+    if (this.buf.pending > 0) this.adminData();
+  }
+
+  /** Admin console: one simple query at a time, answered in order. */
+  private adminData(): void {
+    for (let m = this.buf.next(); m !== null; m = this.buf.next()) {
+      if (m.type === Msg.Terminate) {
+        this.close();
+        return;
+      }
+      if (m.type !== Msg.Query) {
+        throw new PgError(
+          "FATAL",
+          "08P01",
+          "the admin console speaks the simple query protocol only",
+        );
+      }
+      const sql = m.body.toString("utf8", 0, Math.max(0, m.body.length - 1));
+      this.adminQueue = this.adminQueue.then(() => this.adminRun(sql));
+    }
+  }
+
+  private async adminRun(sql: string): Promise<void> {
+    if (this.state !== ADMIN) return;
+    let out: Buffer[];
+    try {
+      out = this.ctx.adminExecutor ? await this.ctx.adminExecutor(sql) : [];
+    } catch (err) {
+      this.ctx.logger.error({ err: errorMessage(err) }, "admin command failed");
+      out = [
+        errorResponse({
+          severity: "ERROR",
+          code: "XX000",
+          message: `admin command failed: ${errorMessage(err)}`,
+        }),
+      ];
+    }
+    if (this.state !== ADMIN || this.socket.destroyed) return;
+    this.socket.write(Buffer.concat([...out, readyForQuery("I")]));
   }
 
   private welcome(): void {

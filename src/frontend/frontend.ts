@@ -11,6 +11,19 @@ import type { PoolRegistry } from "../pool/index.js";
 import type { Logger } from "../util/index.js";
 import { ClientSession, type FrontendContext } from "./client-session.js";
 
+export interface ClientView {
+  readonly user: string;
+  readonly database: string;
+  readonly state: "active" | "idle" | "waiting" | "login";
+  readonly addr: string;
+  readonly port: number;
+  readonly connectTime: number;
+  readonly pid: number;
+  readonly serverPid: number;
+  readonly tls: boolean;
+  readonly applicationName: string;
+}
+
 export interface ListenAddress {
   host: string;
   port: number;
@@ -22,7 +35,7 @@ export class Frontend implements FrontendContext {
   readonly logger: Logger;
   tlsContext: tls.SecureContext | null;
   shuttingDown = false;
-  admin?: FrontendContext["admin"];
+  adminExecutor: ((sql: string) => Promise<Buffer[]>) | null = null;
   readonly sessions = new Map<number, ClientSession>();
   private readonly servers: net.Server[] = [];
 
@@ -81,6 +94,17 @@ export class Frontend implements FrontendContext {
     this.servers.push(server);
     const addr = server.address() as net.AddressInfo;
     return { host: addr.address, port: addr.port };
+  }
+
+  /** One row per client for SHOW CLIENTS (taken on demand). */
+  clientSnapshots(): ClientView[] {
+    return [...this.sessions.values()].map((c) => c.view());
+  }
+
+  clientCounts(): { total: number; byState: Record<string, number> } {
+    const byState: Record<string, number> = {};
+    for (const c of this.sessions.values()) byState[c.stateName] = (byState[c.stateName] ?? 0) + 1;
+    return { total: this.sessions.size, byState };
   }
 
   /** A reload was applied: new config for logins, new client certificate, sessions follow. */

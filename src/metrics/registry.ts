@@ -180,7 +180,11 @@ export function createMetrics(source: MetricsSource, opts: MetricsOptions = {}):
   );
   poolCounter("pgwarden_transactions_total", "Transactions completed.", (p) => p.totalXact);
   poolCounter("pgwarden_queries_total", "Queries completed.", (p) => p.totalQuery);
-  poolCounter("pgwarden_checkouts_total", "Server connections handed to clients.", (p) => p.checkouts);
+  poolCounter(
+    "pgwarden_checkouts_total",
+    "Server connections handed to clients.",
+    (p) => p.checkouts,
+  );
   poolCounter(
     "pgwarden_checkout_wait_seconds_total",
     "Time clients spent waiting for a server connection.",
@@ -260,11 +264,7 @@ export function createMetrics(source: MetricsSource, opts: MetricsOptions = {}):
     "Duration of the last credential fetch, successful or not.",
     (r) => r.lastFetchSeconds,
   );
-  credGauge(
-    "pgwarden_credential_consumers",
-    "Pools sharing this credential.",
-    (r) => r.consumers,
-  );
+  credGauge("pgwarden_credential_consumers", "Pools sharing this credential.", (r) => r.consumers);
 
   return { registry };
 }
