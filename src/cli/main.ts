@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { type AdminContext, executeAdmin } from "../admin/index.js";
 import { type Config, ConfigError, diffConfig, loadConfig } from "../config/index.js";
 import { CredentialEngine } from "../credentials/index.js";
 import { Frontend } from "../frontend/index.js";
@@ -147,6 +148,26 @@ async function main(): Promise<void> {
   stopHooks.push(async () => {
     await metricsServer?.close();
   });
+  const adminContext: AdminContext = {
+    version: `pgwarden ${version()}`,
+    pools: () => registry.snapshots(),
+    servers: () => registry.servers(),
+    clients: () => frontend.clientSnapshots(),
+    credentials: () => engine.snapshot(),
+    config: () => config,
+    reload: () => reload("RELOAD"),
+    pause: async (database) => {
+      await Promise.all(registry.select(database).map((p) => p.pause()));
+    },
+    resume: (database) => {
+      for (const p of registry.select(database)) p.resume();
+    },
+    reconnect: (database) => {
+      for (const p of registry.select(database)) p.reconnect();
+    },
+    shutdown: () => void shutdown("SHUTDOWN"),
+  };
+  frontend.adminExecutor = (sql) => executeAdmin(adminContext, sql);
   const address = await frontend.listen();
   logger.info(
     { host: address.host, port: address.port, pools: [...registry.all()].map((p) => p.name) },

@@ -1,0 +1,2 @@
+export type { AdminContext, ClientSnapshot } from "./context.js";
+export { executeAdmin } from "./execute.js";
