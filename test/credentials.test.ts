@@ -41,7 +41,8 @@ async function pooler(
   databases = [db()],
 ) {
   const pw = await startPgwarden({
-    general: { tls_verify: "prefer", token_fetch_timeout: 10_000, ...general },
+    // trace: the no-secret check at the end covers every log level.
+    general: { tls_verify: "prefer", token_fetch_timeout: 10_000, log_level: "trace", ...general },
     databases,
     users: users.map((u) => ({ database: "appdb", password: "pw", ...u })),
     env: env.childEnv(),

@@ -1,5 +1,9 @@
 // biome-ignore-all lint/suspicious/noTemplateCurlyInString: ${VAR} references are what these tests feed pgwarden
 // The pgwarden process as users run it: config errors, ${VAR}, graceful shutdown on signals.
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
@@ -122,5 +126,39 @@ describe("graceful shutdown", () => {
     expect(await exited).toBe(0);
     const after = await c.query("select 1").catch((e) => e);
     expect(after).toBeInstanceOf(Error);
+  });
+});
+
+describe("logs", () => {
+  it("are JSON lines when piped and human-readable on a terminal", async () => {
+    const pw = await startPgwarden({ ...base(), general: { min_pool_size: 0 } });
+    started.push(pw);
+    const first = pw.logs().find((l) => l.includes('"listening"'));
+    expect(JSON.parse(first!).msg).toBe("listening");
+    const dir = mkdtempSync(join(tmpdir(), "pgwarden-tty-"));
+    writeFileSync(
+      join(dir, "pgwarden.toml"),
+      readFileSync(join(pw.dir, "pgwarden.toml"), "utf8").replace(/port = \d+/, "port = 0"),
+    );
+    writeFileSync(join(dir, "users.toml"), readFileSync(join(pw.dir, "users.toml")));
+    await pw.stop();
+    // The same files under a pseudo-terminal (util-linux `script`): pretty output, not JSON.
+    const { childEnv } = await import("./harness/guard.js");
+    const { pgwardenMain } = await import("./harness/pgwarden.js");
+    const out = await new Promise<string>((resolve) => {
+      const cmd = `node ${pgwardenMain()} --config ${dir}/pgwarden.toml --users ${dir}/users.toml`;
+      const child = spawn("script", ["-qec", cmd, "/dev/null"], { env: childEnv() });
+      let text = "";
+      child.stdout.on("data", (d: Buffer) => {
+        text += d.toString();
+        if (text.includes("listening")) child.kill("SIGTERM");
+      });
+      child.on("exit", () => resolve(text));
+      setTimeout(() => child.kill("SIGKILL"), 10_000);
+    });
+    expect(out).toContain("listening");
+    expect(out).toMatch(/INFO/);
+    expect(out.split("\n").some((l) => l.trim().startsWith("{"))).toBe(false);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
