@@ -246,6 +246,13 @@ export class ServerConnection {
             sink.serverData(chunk.subarray(fwd, pos));
             fwd = pos;
             sink.serverReady(this.txStatus);
+            if (this.sink !== sink) {
+              // Released (and maybe already leased to the next client): whatever else this
+              // chunk holds was not asked for by the next client. Scan it, don't forward it.
+              if (pos < chunk.length) this.idleData(chunk.subarray(pos));
+              this.skipRest(chunk, pos);
+              return;
+            }
           } else {
             fwd = pos;
           }
@@ -265,6 +272,15 @@ export class ServerConnection {
       }
     } catch (err) {
       this.destroy(`protocol error from server: ${errorMessage(err)}`, err as Error);
+    }
+  }
+
+  /** Keeps the framer in step over bytes that go nowhere. */
+  private skipRest(chunk: Buffer, pos: number): void {
+    const f = this.framer;
+    while (pos < chunk.length) {
+      pos = f.feed(chunk, pos);
+      if (f.event === EVENT_MESSAGE && f.type === Msg.ReadyForQuery) this.txStatus = f.body[0]!;
     }
   }
 
