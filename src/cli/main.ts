@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { type AdminContext, executeAdmin } from "../admin/index.js";
-import { type Config, ConfigError, diffConfig, loadConfig } from "../config/index.js";
+import { type Config, ConfigError, diffConfig, loadConfig, RESTART_KEYS } from "../config/index.js";
 import { CredentialEngine } from "../credentials/index.js";
 import { Frontend } from "../frontend/index.js";
 import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
@@ -26,9 +26,6 @@ function version(): string {
   };
   return pkg.version;
 }
-
-/** [general] keys a reload cannot apply to a running process (the listener is bound). */
-const RESTART_KEYS = new Set(["host", "port", "openmetrics_port", "log_level"]);
 
 async function main(): Promise<void> {
   let args: ReturnType<typeof parse>;

@@ -3,7 +3,7 @@ export { type ConfigDiff, diffConfig, isEmptyDiff, type UserKey } from "./diff.j
 export type { Env } from "./env.js";
 export { ConfigError, type ConfigProblem } from "./errors.js";
 export { type ConfigFiles, loadConfig, parseConfig } from "./load.js";
-export { inferRdsRegion, SUPPORTED_SERVER_AUTH, TOKEN_AUTH_MODES } from "./rds.js";
+export { inferRdsRegion, RESTART_KEYS, SUPPORTED_SERVER_AUTH, TOKEN_AUTH_MODES } from "./rules.js";
 export type {
   AdminConfig,
   ClientAuthType,

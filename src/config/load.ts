@@ -24,7 +24,7 @@ import {
   unknownKey,
 } from "./errors.js";
 import { deepFreeze } from "./freeze.js";
-import { inferRdsRegion, SUPPORTED_SERVER_AUTH, TOKEN_AUTH_MODES } from "./rds.js";
+import { inferRdsRegion, SUPPORTED_SERVER_AUTH, TOKEN_AUTH_MODES } from "./rules.js";
 import {
   type ConfigFile,
   configFileSchema,

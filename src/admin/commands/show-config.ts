@@ -5,7 +5,7 @@
 // shows up without touching this file, which is why secrets are filtered by name rather than
 // listed: the admin password (or any future *password*/*secret* key) never appears.
 
-import { ADMIN_DEFAULTS, GENERAL_DEFAULTS } from "../../config/index.js";
+import { ADMIN_DEFAULTS, GENERAL_DEFAULTS, RESTART_KEYS } from "../../config/index.js";
 import type { AdminContext } from "../context.js";
 import { type Column, resultSet, text } from "./result-set.js";
 
@@ -15,16 +15,6 @@ interface ConfigRow {
   readonly default: string;
   readonly changeable: boolean;
 }
-
-// TODO(lead): cli/main.ts keeps the same list as RESTART_KEYS; moving it into config/ would let
-// both read one copy (admin may not import cli).
-/** [general] keys a reload cannot apply to a running process (the listener is bound). */
-const RESTART_KEYS: ReadonlySet<string> = new Set([
-  "host",
-  "port",
-  "openmetrics_port",
-  "log_level",
-]);
 
 const SECRET_KEY = /password|secret/i;
 

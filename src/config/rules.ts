@@ -1,3 +1,5 @@
+// Rules that span keys or files: RDS region inference, which server_auth modes are tokens and
+// which are implemented, which [general] keys need a restart.
 /**
  * The region in an RDS endpoint: `*.<region>.rds.amazonaws.com`, `*.<region>.rds.amazonaws.com.cn`,
  * or `rds.<region>.amazonaws.com.cn`. Undefined for anything else (an IP, a CNAME).
@@ -23,4 +25,12 @@ export const SUPPORTED_SERVER_AUTH: ReadonlySet<string> = new Set([
   "password",
   "rds_iam",
   "azure_workload_identity",
+]);
+
+/** [general] keys a reload cannot apply to a running process (listeners are bound, the logger made). */
+export const RESTART_KEYS: ReadonlySet<string> = new Set([
+  "host",
+  "port",
+  "openmetrics_port",
+  "log_level",
 ]);

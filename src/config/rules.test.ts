@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { inferRdsRegion } from "./rds.js";
+import { inferRdsRegion } from "./rules.js";
 
 describe("inferRdsRegion", () => {
   it.each([
