@@ -283,3 +283,25 @@ describe("metrics", () => {
     for (const t of env.seenTokens) expect(text.includes(t)).toBe(false);
   }, 30_000);
 });
+
+describe("RECONNECT and SHUTDOWN", () => {
+  it("RECONNECT replaces a database's idle servers with new ones", async () => {
+    const c = await connect(pw, "bench", "pw", "appdb");
+    await c.query("select 1");
+    await c.end();
+    const before = await env.cluster.backendPids("bench");
+    expect(before.length).toBeGreaterThan(0);
+    const r = await adminQuery("RECONNECT appdb");
+    expect(r.stderr).toBe("");
+    await sleep(1500); // maintenance refills min_pool_size with new connections
+    const after = await env.cluster.backendPids("bench");
+    expect(after.length).toBeGreaterThan(0);
+    expect(after.filter((p) => before.includes(p))).toEqual([]);
+  });
+
+  it("SHUTDOWN stops pgwarden, which exits 0", async () => {
+    await adminQuery("SHUTDOWN");
+    const status = await pw.exited;
+    expect(status.code).toBe(0);
+  });
+});
