@@ -33,4 +33,7 @@ export const RESTART_KEYS: ReadonlySet<string> = new Set([
   "port",
   "openmetrics_port",
   "log_level",
+  // Read when the credential engine is built, at start.
+  "token_refresh_buffer",
+  "token_fetch_timeout",
 ]);
