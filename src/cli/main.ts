@@ -140,7 +140,6 @@ async function main(): Promise<void> {
       registry: metricsRegistry,
       logger,
     });
-    logger.info({ port: metricsServer.port, path: "/metrics" }, "metrics listening");
   }
   stopHooks.push(async () => {
     await metricsServer?.close();
