@@ -194,23 +194,10 @@ export class CredentialEntry {
   }
 
   private fetchUncached(): Promise<string> {
-    const { clock, fetchTimeout } = this.opts;
     this.fetches++;
-    const ac = new AbortController();
-    const timeout = clock.setTimeout(
-      () => ac.abort(new Error(`timed out after ${fetchTimeout} ms`)),
-      fetchTimeout,
-    );
-    const aborted = new Promise<never>((_, reject) => {
-      ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true });
-    });
-    return Promise.race([this.provider.fetch(ac.signal), aborted]).then(
-      (f) => {
-        clock.clearTimeout(timeout);
-        return f.secret;
-      },
+    return this.timedFetch().then(
+      (f) => f.secret,
       (err: unknown) => {
-        clock.clearTimeout(timeout);
         this.failures++;
         throw new CredentialError(
           `${this.provider.kind}: could not get a token: ${sanitize(errorMessage(err))}`,
@@ -221,12 +208,13 @@ export class CredentialEntry {
     );
   }
 
-  private fetch(): Promise<HeldToken> {
-    const { clock, fetchTimeout, logger } = this.opts;
-    const provider = this.provider;
-    const startedAt = clock.now();
-    this.fetches++;
-    this.clearTimer(); // a refresh in progress replaces whatever was scheduled
+  /**
+   * One provider call under token_fetch_timeout. The provider gets the AbortSignal; the race
+   * ends the wait even for an SDK that ignores it. The signal is aborted after a failure too,
+   * so a provider can tell that its attempt is over.
+   */
+  private timedFetch(): Promise<FetchedToken> {
+    const { clock, fetchTimeout } = this.opts;
     const ac = new AbortController();
     const timeout = clock.setTimeout(
       () => ac.abort(new Error(`timed out after ${fetchTimeout} ms`)),
@@ -235,12 +223,30 @@ export class CredentialEntry {
     const aborted = new Promise<never>((_, reject) => {
       ac.signal.addEventListener("abort", () => reject(ac.signal.reason), { once: true });
     });
-    const run = Promise.race([
-      Promise.resolve().then(() => provider.fetch(ac.signal)),
+    return Promise.race([
+      Promise.resolve().then(() => this.provider.fetch(ac.signal)),
       aborted,
     ]).then(
-      (fetched) => {
+      (f) => {
         clock.clearTimeout(timeout);
+        return f;
+      },
+      (err: unknown) => {
+        clock.clearTimeout(timeout);
+        if (!ac.signal.aborted) ac.abort();
+        throw err;
+      },
+    );
+  }
+
+  private fetch(): Promise<HeldToken> {
+    const { clock, logger } = this.opts;
+    const provider = this.provider;
+    const startedAt = clock.now();
+    this.fetches++;
+    this.clearTimer(); // a refresh in progress replaces whatever was scheduled
+    const run = this.timedFetch().then(
+      (fetched) => {
         const held = this.accept(fetched, startedAt);
         this.inflight = null;
         this.consecutiveFailures = 0;
@@ -261,8 +267,6 @@ export class CredentialEntry {
         return held;
       },
       (err: unknown) => {
-        clock.clearTimeout(timeout);
-        if (!ac.signal.aborted) ac.abort();
         this.inflight = null;
         this.failures++;
         this.consecutiveFailures++;
