@@ -101,8 +101,10 @@ async function main(): Promise<void> {
     reloading ??= (async () => {
       try {
         const next = loadConfig(configPath, usersPath, process.env);
+        // Everything that can fail is read before anything is applied.
+        const tlsContext = Frontend.tlsContextFor(next);
         const result = await registry.reload(next);
-        frontend.applyConfig(next);
+        frontend.applyConfig(next, tlsContext);
         const changedGeneral = diffConfig(config, next).general;
         const needsRestart = changedGeneral.filter((k) => RESTART_KEYS.has(k));
         config = next;

@@ -107,10 +107,15 @@ export class Frontend implements FrontendContext {
     return { total: this.sessions.size, byState };
   }
 
+  /** Loads the client TLS certificate of `config` (throws on a bad file), without applying it. */
+  static tlsContextFor(config: Config): tls.SecureContext | null {
+    return makeTlsContext(config);
+  }
+
   /** A reload was applied: new config for logins, new client certificate, sessions follow. */
-  applyConfig(config: Config): void {
+  applyConfig(config: Config, tlsContext: tls.SecureContext | null): void {
     this.config = config;
-    this.tlsContext = makeTlsContext(config);
+    this.tlsContext = tlsContext;
     for (const s of this.sessions.values()) s.afterReload();
   }
 

@@ -73,7 +73,8 @@ export class PoolRegistry {
     private readonly env: Env = process.env,
   ) {
     this.config = config;
-    for (const p of this.plan(config)) this.create(config, p);
+    const tlsCa = readCa(config);
+    for (const p of this.plan(config)) this.create(config, p, tlsCa);
   }
 
   get(user: string, database: string): Pool | undefined {
@@ -101,6 +102,7 @@ export class PoolRegistry {
    */
   async reload(next: Config): Promise<ReloadResult> {
     const planned = this.plan(next);
+    const tlsCa = readCa(next); // before anything changes: a missing file fails the reload
     const result: ReloadResult = { kept: [], resized: [], replaced: [], added: [], removed: [] };
     const nextPools = new Map<string, Pool>();
     const fresh: Pool[] = [];
@@ -108,7 +110,7 @@ export class PoolRegistry {
       const old = this.pools.get(p.key);
       const name = `${p.user.name}/${p.user.database}`;
       if (old && this.signatures.get(old) === p.signature) {
-        const settings = settingsFor(next, p.db, p.user, old.settings.credential);
+        const settings = settingsFor(next, p.db, p.user, old.settings.credential, tlsCa);
         const resized =
           settings.poolSize !== old.settings.poolSize ||
           settings.minPoolSize !== old.settings.minPoolSize;
@@ -117,7 +119,7 @@ export class PoolRegistry {
         nextPools.set(p.key, old);
         continue;
       }
-      const pool = this.create(next, p, nextPools);
+      const pool = this.create(next, p, tlsCa, nextPools);
       fresh.push(pool);
       if (old) {
         result.replaced.push(name);
@@ -203,7 +205,7 @@ export class PoolRegistry {
     });
   }
 
-  private create(config: Config, p: Planned, into = this.pools): Pool {
+  private create(config: Config, p: Planned, tlsCa: Buffer | undefined, into = this.pools): Pool {
     let credential: CredentialSource = staticSecret(p.user);
     let entry: CredentialEntry | null = null;
     if (p.identity !== null) {
@@ -211,7 +213,7 @@ export class PoolRegistry {
       entry = e;
       credential = { get: () => e.get(), invalidate: (rejected) => e.invalidate(rejected) };
     }
-    const pool = new Pool(settingsFor(config, p.db, p.user, credential), this.logger);
+    const pool = new Pool(settingsFor(config, p.db, p.user, credential, tlsCa), this.logger);
     into.set(p.key, pool);
     this.signatures.set(pool, p.signature);
     if (entry) this.credentials.set(pool, entry);
@@ -271,15 +273,19 @@ function staticSecret(user: UserConfig): CredentialSource {
   };
 }
 
+function readCa(config: Config): Buffer | undefined {
+  const file = config.general.tls_server_ca_certificate;
+  return file ? readFileSync(file) : undefined;
+}
+
 function settingsFor(
   config: Config,
   db: DatabaseConfig,
   user: UserConfig,
   credential: CredentialSource,
+  tlsCa: Buffer | undefined,
 ): PoolSettings {
   const g = config.general;
-  let tlsCa: Buffer | undefined;
-  if (g.tls_server_ca_certificate) tlsCa = readFileSync(g.tls_server_ca_certificate);
   // A token is a bearer secret: never send it without TLS, even when tls_verify says "prefer".
   const tlsMode =
     TOKEN_AUTH_MODES.has(user.server_auth) && g.tls_verify === "prefer" ? "require" : g.tls_verify;
