@@ -687,7 +687,7 @@ describe("SHOW CREDENTIALS", () => {
     expect(r?.rows[1]).toMatchObject({
       provider: "azure_workload_identity",
       host: "",
-      port: "0",
+      port: null, // an Entra ID identity has no port
       user: "",
       identity: "client_id=c1 tenant_id=t1",
       state: "cold",

@@ -27,7 +27,7 @@ export function text<R>(name: string, value: (row: R) => string | null): Column<
   return { name, type: "text", value };
 }
 
-export function int4<R>(name: string, value: (row: R) => number): Column<R> {
+export function int4<R>(name: string, value: (row: R) => number | null): Column<R> {
   return { name, type: "int4", value };
 }
 

@@ -15,9 +15,11 @@ function field(c: CredentialSnapshot, key: string): string | number | undefined 
   return SECRET_FIELD.test(key) ? undefined : c.description[key];
 }
 
-function port(c: CredentialSnapshot): number {
-  const p = Number(field(c, "port"));
-  return Number.isInteger(p) ? p : 0;
+/** NULL for identities that have no port (an Entra ID token is not tied to one server). */
+function port(c: CredentialSnapshot): number | null {
+  const raw = field(c, "port");
+  const p = Number(raw);
+  return raw !== undefined && Number.isInteger(p) ? p : null;
 }
 
 function identity(c: CredentialSnapshot): string {
