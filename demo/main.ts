@@ -33,13 +33,13 @@ import {
 } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { stringify } from "smol-toml";
 import { type EntraEmulator, startEntraEmulator } from "../test/fixtures/entra.js";
 import { makeTestCa } from "../test/fixtures/test-ca.js";
+import { repoRoot } from "../test/harness/util.js";
 import {
   chownTo,
   initCluster,
@@ -134,24 +134,6 @@ function showPgwardenLine(line: string): void {
 }
 
 // ---- where things are ----
-
-function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pkg = join(dir, "package.json");
-    if (existsSync(pkg)) {
-      try {
-        if ((JSON.parse(readFileSync(pkg, "utf8")) as { name?: string }).name === "pgwarden")
-          return dir;
-      } catch {
-        // not ours
-      }
-    }
-    const up = dirname(dir);
-    if (up === dir) throw new Error("cannot find the pgwarden repository root");
-    dir = up;
-  }
-}
 
 interface NetGuard {
   applyGuardEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv;

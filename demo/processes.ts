@@ -10,22 +10,7 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import net from "node:net";
-
-/** A loopback TCP port that was free a moment ago. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once("error", reject);
-    srv.listen({ host: "127.0.0.1", port: 0, exclusive: true }, () => {
-      const addr = srv.address();
-      srv.close(() => {
-        if (addr && typeof addr === "object") resolve(addr.port);
-        else reject(new Error("no free port"));
-      });
-    });
-  });
-}
+import { freePort } from "../test/harness/util.js";
 
 /** `preferred` when it can be bound on 127.0.0.1 right now, else a free port; 0 = any. */
 export function portOr(preferred: number): Promise<number> {

@@ -21,10 +21,8 @@ import {
   unlinkSync,
   writeFileSync,
 } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 
 export interface TrackedProcess {
   pid: number;
@@ -42,44 +40,9 @@ const tracked = new Map<number, TrackedProcess>();
 const watchdogs = new Map<number, ChildProcess>();
 const tempDirs = new Set<string>();
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
+import { sleep } from "./util.js";
 
-/** The repository root: the nearest parent directory whose package.json is pgwarden's. */
-export function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pkg = join(dir, "package.json");
-    if (existsSync(pkg)) {
-      try {
-        if ((JSON.parse(readFileSync(pkg, "utf8")) as { name?: string }).name === "pgwarden")
-          return dir;
-      } catch {
-        // not ours
-      }
-    }
-    const up = dirname(dir);
-    if (up === dir) throw new Error("harness: cannot find the pgwarden repository root");
-    dir = up;
-  }
-}
-
-/** A loopback TCP port that was free a moment ago (callers retry on EADDRINUSE). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once("error", reject);
-    srv.listen({ host: "127.0.0.1", port: 0, exclusive: true }, () => {
-      const addr = srv.address();
-      srv.close(() => {
-        if (addr && typeof addr === "object") resolve(addr.port);
-        else reject(new Error("harness: no port"));
-      });
-    });
-  });
-}
+export { freePort, repoRoot, sleep } from "./util.js";
 
 export interface RunAs {
   uid: number;
