@@ -93,4 +93,38 @@ describe("startPostgres", () => {
     }
     expect(existsSync(a.dataDir) || existsSync(b.dataDir)).toBe(false);
   });
+  it("restarts a cluster on the same port like pg_ctl restart -m fast, keeping its data", async () => {
+    const c = await startPostgres();
+    try {
+      await c.createRole("rs", "rs-pw");
+      const client = new pg.Client({
+        host: c.host,
+        port: c.port,
+        user: "rs",
+        password: "rs-pw",
+        database: "postgres",
+      });
+      const errors: Error[] = [];
+      client.on("error", (e) => errors.push(e));
+      await client.connect();
+      const before = (await c.query("select pg_postmaster_start_time() as t"))[0].t;
+      await c.restart({ downMs: 200 });
+      // the old session was terminated by the fast shutdown
+      await expect(client.query("select 1")).rejects.toThrow();
+      const after = (await c.query("select pg_postmaster_start_time() as t"))[0].t;
+      expect(after.getTime()).toBeGreaterThan(before.getTime());
+      const again = new pg.Client({
+        host: c.host,
+        port: c.port,
+        user: "rs",
+        password: "rs-pw",
+        database: "postgres",
+      });
+      await again.connect();
+      expect((await again.query("select 1 as one")).rows[0].one).toBe(1);
+      await again.end();
+    } finally {
+      await c.stop();
+    }
+  });
 });

@@ -66,6 +66,13 @@ export interface PgCluster {
   createDatabase(name: string, owner?: string): Promise<void>;
   /** pids of client backends (pg_stat_activity), optionally of one user; the harness's own excluded. */
   backendPids(user?: string): Promise<number[]>;
+  /**
+   * What `pg_ctl restart -m fast` does: a fast shutdown (SIGINT: sessions get FATAL 57P01), the
+   * postmaster's exit, then a new postmaster on the same data directory and port. `downMs` keeps
+   * the server down that long between the two (connections are refused meanwhile). Resolves once
+   * the new server accepts connections.
+   */
+  restart(opts?: { downMs?: number }): Promise<void>;
   /** Fast shutdown, then removes the temp directory. Safe to call more than once. */
   stop(): Promise<void>;
 }
@@ -261,7 +268,7 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
         continue;
       throw new Error(`postgres did not start (port ${port}): ${started.why}\n${log}`);
     }
-    const pgProc = proc;
+    let pgProc = proc;
     const superuserPassword = randomBytes(12).toString("hex");
     const withClient = async <T>(fn: (c: pg.Client) => Promise<T>): Promise<T> => {
       const c = await connectAdmin(tmp, port);
@@ -311,6 +318,17 @@ export async function startPostgres(opts: StartPostgresOptions = {}): Promise<Pg
           );
           return r.rows.map((row) => row.pid);
         }),
+      restart: async (o = {}) => {
+        if (stopping) throw new Error("restart() after stop()");
+        pgProc.kill("SIGINT");
+        if (!(await waitExit(pgProc, 30_000))) throw new Error("postgres did not stop for restart");
+        untrack(pgProc.pid);
+        if (o.downMs) await sleep(o.downMs);
+        const started = await launch(bin, dataDir, tmp, port, logFile);
+        if (!started.ok)
+          throw new Error(`postgres did not restart: ${started.why}\n${logTail(logFile)}`);
+        pgProc = started.proc;
+      },
       stop: () => {
         stopping ??= stopServer(pgProc, tmp);
         return stopping;
