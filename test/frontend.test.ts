@@ -111,10 +111,19 @@ describe("login errors", () => {
     expect(err.message).toBe('database "nosuchdb" does not exist');
   });
 
-  it("unknown user: 28000", async () => {
-    const err = await loginError(pw, "mallory", "x", "appdb");
-    expect(err.code).toBe("28000");
-    expect(err.message).toContain('"mallory"');
+  it("unknown user: the same 28P01 as a wrong password, after a full SCRAM exchange", async () => {
+    const unknown = await loginError(pw, "mallory", "x", "appdb");
+    const wrong = await loginError(pw, "app", "x", "appdb");
+    expect(unknown.code).toBe("28P01");
+    expect(unknown.message).toBe('password authentication failed for user "mallory"');
+    expect(wrong.message).toBe('password authentication failed for user "app"');
+  });
+
+  it("unknown database: 28P01 with a wrong password, 3D000 only after the password", async () => {
+    const err = await loginError(pw, "app", "wrong", "nosuchdb");
+    expect(err.code).toBe("28P01");
+    const unknownBoth = await loginError(pw, "mallory", "x", "nosuchdb");
+    expect(unknownBoth.code).toBe("28P01");
   });
 
   it("refuses protocol 2.0 with a clear FATAL", async () => {

@@ -94,11 +94,13 @@ describe("waiting for a server", () => {
     });
     const holder = await connect(pw, "small", "pw", "pooldb");
     await holder.query("begin");
-    const waiter = await connect(pw, "small", "pw", "pooldb").catch((e) => e);
-    // The login itself needs a server; with the only one held in a transaction it times out.
-    expect(waiter).toBeInstanceOf(Error);
-    expect(waiter.code).toBe("53300");
-    expect(waiter.message).toContain("checkout_timeout");
+    // The login needs no server (the pool knows its server's parameters from the holder's
+    // login); the first query waits for one and, with the only one held, times out.
+    const waiter = await connect(pw, "small", "pw", "pooldb");
+    const err = await waiter.query("select 1").catch((e) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect(err.code).toBe("53300");
+    expect(err.message).toContain("checkout_timeout");
     await holder.query("commit");
     const later = await connect(pw, "small", "pw", "pooldb");
     expect((await later.query("select 1 as x")).rows[0].x).toBe(1);

@@ -123,9 +123,9 @@ describe("reload on SIGHUP", () => {
     await eventually(async () => (await pids("grow")).length === 4, "grow reaches 4 servers");
     expect(await pids("grow")).toEqual(expect.arrayContaining(growBefore));
 
-    // The removed user: new logins are refused as PostgreSQL refuses an unknown role; the open
-    // transaction finishes, then its server closes.
-    expect((await loginError(pw, "gone", "pw", "appdb")).code).toBe("28000");
+    // The removed user: new logins are refused as PostgreSQL refuses an unknown role (the same
+    // 28P01 as a wrong password); the open transaction finishes, then its server closes.
+    expect((await loginError(pw, "gone", "pw", "appdb")).code).toBe("28P01");
     expect((await gone.query("select 'finishing' as s")).rows[0].s).toBe("finishing");
     await gone.query("commit");
     await eventually(

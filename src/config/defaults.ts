@@ -21,6 +21,12 @@ export const GENERAL_DEFAULTS = {
   shutdown_timeout: 60_000,
   // ours: pgdog has no client cap.
   max_client_connections: 10_000,
+  // PgBouncer's client_login_timeout (60 s), in milliseconds like our other timeouts; 0 = none.
+  client_login_timeout: 60_000,
+  // ours: PostgreSQL's own limit for a client message (PQ_LARGE_MESSAGE_LIMIT, 1 GB - 2).
+  max_message_size: 0x3fff_fffe,
+  // ours, after PostgreSQL's auth_delay module: 0 = answer a failed login at once.
+  auth_failure_delay: 0,
   // ours (design §2).
   token_refresh_buffer: 45_000,
   token_fetch_timeout: 30_000,
@@ -32,6 +38,10 @@ export const DATABASE_DEFAULTS = { port: 5432 } as const;
 export const ADMIN_DEFAULTS = { name: "admin", user: "admin" } as const;
 
 export const USER_DEFAULTS = { server_auth: "password" as ServerAuth } as const;
+
+/** Bounds of max_message_size: a Bind with a few parameters still fits; PostgreSQL's own limit. */
+export const MIN_MESSAGE_SIZE = 1024;
+export const MAX_MESSAGE_SIZE = 0x3fff_fffe;
 
 /** setTimeout fires at once for delays above this, so no duration may exceed it. */
 export const MAX_DURATION_MS = 2_147_483_647;

@@ -4,7 +4,7 @@
 // whether the value had the wrong type or the wrong range.
 
 import { z } from "zod";
-import { MAX_DURATION_MS } from "./defaults.js";
+import { MAX_DURATION_MS, MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE } from "./defaults.js";
 
 const expected = (what: string) => ({ errorMap: () => ({ message: `expected ${what}` }) });
 
@@ -66,6 +66,13 @@ export const generalSchema = z
       openmetrics_port: port,
       shutdown_timeout: duration,
       max_client_connections: positive,
+      client_login_timeout: duration,
+      max_message_size: int(
+        MIN_MESSAGE_SIZE,
+        MAX_MESSAGE_SIZE,
+        `a size in bytes (${MIN_MESSAGE_SIZE}-${MAX_MESSAGE_SIZE})`,
+      ),
+      auth_failure_delay: duration,
       token_refresh_buffer: duration,
       token_fetch_timeout: positiveDuration,
       log_level: logLevel,

@@ -32,6 +32,9 @@ export interface GeneralConfig {
   readonly openmetrics_port: number | undefined;
   readonly shutdown_timeout: number;
   readonly max_client_connections: number;
+  readonly client_login_timeout: number;
+  readonly max_message_size: number;
+  readonly auth_failure_delay: number;
   readonly token_refresh_buffer: number;
   readonly token_fetch_timeout: number;
   readonly log_level: "trace" | "debug" | "info" | "warn" | "error" | "fatal";

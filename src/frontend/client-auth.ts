@@ -5,6 +5,10 @@
 // SCRAM instead; SCRAM with an md5-stored secret cannot work and fails as a wrong password
 // would (the reason goes to the log only). SCRAM verifiers derived from plain passwords are
 // cached per password, so PBKDF2 runs once per user, not per login.
+//
+// A user that does not exist (or has no password) gets the very same exchange as a real one,
+// ending in the same failure: a mock SCRAM exchange whose salt is derived from the name and a
+// per-process secret, as PostgreSQL does, so a client cannot probe for user names.
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { ClientAuthType } from "../config/index.js";
@@ -29,6 +33,9 @@ type Verifier = ScramVerifier;
 
 const verifierCache = new Map<string, Verifier>();
 
+/** Per-process secret behind the mock SCRAM salts of unknown users. */
+const MOCK_SECRET = randomBytes(32);
+
 function verifierFor(stored: string): Verifier | null {
   if (stored.startsWith("SCRAM-SHA-256$")) return parseScramVerifier(stored);
   if (isMd5Hash(stored)) return null;
@@ -39,6 +46,8 @@ function verifierFor(stored: string): Verifier | null {
   return v;
 }
 
+const UNKNOWN = "no such user, or no password configured for it";
+
 export type AuthStep =
   | { kind: "send"; data: Buffer }
   | { kind: "ok"; data?: Buffer }
@@ -47,6 +56,7 @@ export type AuthStep =
 /** One client's authentication, fed the bodies of its password ('p') messages. */
 export class ClientAuth {
   private scram: ScramServer | null = null;
+  private mockReason: string | null = null;
   private salt: Buffer | null = null;
   private method: "plain" | "md5" | "scram" | "trust";
 
@@ -61,8 +71,6 @@ export class ClientAuth {
 
   start(): AuthStep {
     if (this.method === "trust") return { kind: "ok" };
-    if (this.stored === undefined)
-      return { kind: "fail", reason: "no password configured for this user" };
     switch (this.method) {
       case "plain":
         return { kind: "send", data: authenticationCleartextPassword };
@@ -76,17 +84,19 @@ export class ClientAuth {
 
   /** Handles one password-message body. */
   step(body: Buffer): AuthStep {
-    const stored = this.stored ?? "";
+    const stored = this.stored;
     switch (this.method) {
       case "trust":
         return { kind: "fail", reason: "unexpected password message" };
       case "plain": {
+        if (stored === undefined) return { kind: "fail", reason: UNKNOWN };
         const given = parsePasswordMessage(body);
         return this.checkCleartext(stored, given)
           ? { kind: "ok" }
           : { kind: "fail", reason: "password does not match" };
       }
       case "md5": {
+        if (stored === undefined) return { kind: "fail", reason: UNKNOWN };
         const given = parsePasswordMessage(body);
         const hash = isMd5Hash(stored) ? stored : md5PasswordHash(this.user, stored);
         return verifyMd5Response(hash, this.salt!, given)
@@ -98,20 +108,25 @@ export class ClientAuth {
     }
   }
 
-  private scramStep(stored: string, body: Buffer): AuthStep {
+  private scramStep(stored: string | undefined, body: Buffer): AuthStep {
     if (this.scram === null) {
       const { mechanism, data } = parseSaslInitialResponse(body);
       if (mechanism !== "SCRAM-SHA-256")
         return { kind: "fail", reason: `unsupported SASL mechanism ${mechanism}` };
-      const verifier = verifierFor(stored);
-      if (verifier === null)
-        return { kind: "fail", reason: "stored password is an md5 hash; SCRAM is not possible" };
-      this.scram = new ScramServer(verifier);
+      const verifier = stored === undefined ? null : verifierFor(stored);
+      if (verifier === null) {
+        // Unknown user, or an md5-stored password: the exchange runs to its end all the same.
+        this.mockReason =
+          stored === undefined ? UNKNOWN : "stored password is an md5 hash; SCRAM is not possible";
+        this.scram = ScramServer.mock(this.user, MOCK_SECRET);
+      } else {
+        this.scram = new ScramServer(verifier);
+      }
       // A malformed exchange throws ProtocolError: answered as 08P01, as PostgreSQL does.
       return { kind: "send", data: authenticationSASLContinue(this.scram.handleClientFirst(data)) };
     }
     const result = this.scram.handleClientFinal(body.toString("utf8"));
-    if (!result.ok) return { kind: "fail", reason: "password does not match" };
+    if (!result.ok) return { kind: "fail", reason: this.mockReason ?? "password does not match" };
     return { kind: "ok", data: authenticationSASLFinal(result.serverFinal) };
   }
 

@@ -2,25 +2,48 @@
 //
 // States: STARTUP (SSLRequest / GSSENCRequest / CancelRequest / StartupMessage) → AUTH (the
 // configured exchange) → LOGIN (a server is leased to learn the settings the client will see
-// and to apply the client's own) → READY → CLOSED.
+// and to apply the client's own) → READY → CLOSED. DENIED: a failed login waiting out
+// auth_failure_delay. A session exists from accept() on: it counts towards
+// max_client_connections, and client_login_timeout closes it if it has not authenticated in time.
 //
-// In READY the client's bytes go to its leased server as they arrive; a framer watches message
+// The front door hides who exists: an unknown user (or one asking for the admin console) runs
+// the same password exchange as a real one and gets the same 28P01; an unknown database is
+// reported only once the client has proved its password (as PostgreSQL does). In transaction
+// pooling, a client whose shape of settings the pool has welcomed before is logged in from the
+// pool's remembered server parameters (pool/login-params.ts), without a server: a saturated
+// pool still admits clients at once.
+//
+// In READY every client byte is scanned once, as it arrives, by a framer that watches message
 // headers only: Query/Sync/FunctionCall each owe one ReadyForQuery, extended-protocol messages
-// sent since the last Sync make the client "mid-batch", and Terminate ends the session. In
-// transaction pooling the lease is given back when a ReadyForQuery reports idle, no
-// ReadyForQuery is still owed, nothing was sent since the last Sync, and no message is half
-// sent. A client without a lease that sends bytes is paused, its bytes kept, until the pool
-// leases it a server (and its settings are synced onto it); then they flow as usual. In session
-// pooling the lease lives as long as the client and is reset with DISCARD ALL on the way back.
+// sent since the last Sync make the client "mid-batch", Terminate ends the session, and a header
+// of an unknown type or a length PostgreSQL would refuse (or above max_message_size) is a
+// protocol violation: FATAL 08P01, before any of that message reaches a server. Scanned bytes go
+// to the leased server at once. In transaction pooling the lease is given back when a
+// ReadyForQuery reports idle, no ReadyForQuery is still owed, nothing was sent since the last
+// Sync, and no message is half sent. A client without a lease that sends bytes is paused, its
+// (already scanned) bytes kept, until the pool leases it a server (and its settings are synced
+// onto it); then they flow as usual. In session pooling the lease lives as long as the client
+// and is reset with DISCARD ALL on the way back.
 //
-// Only PgError is written to the client; other failures become a generic FATAL and are logged.
+// Nothing a client sends may throw past this class: every entry point (socket data, a lease that
+// arrives, settings synced) catches, answers the client with a FATAL and closes it, and a lease
+// that saw part of a broken stream is discarded, not reused. Only PgError is written to the
+// client; other failures become a generic FATAL and are logged.
 
 import { randomInt } from "node:crypto";
 import type net from "node:net";
 import tls from "node:tls";
 import type { Config } from "../config/index.js";
-import type { Lease, LeaseHolder, Pool, PoolRegistry } from "../pool/index.js";
-import { TRACKED_REPORTED, wantedSettings } from "../pool/index.js";
+import {
+  type Lease,
+  type LeaseHolder,
+  type Pool,
+  type PoolRegistry,
+  reportedAsGiven,
+  shapeKey,
+  TRACKED_REPORTED,
+  wantedSettings,
+} from "../pool/index.js";
 import {
   authenticationOk,
   backendKeyData,
@@ -45,6 +68,7 @@ export interface FrontendContext {
   readonly tlsContext: tls.SecureContext | null;
   readonly logger: Logger;
   readonly shuttingDown: boolean;
+  /** Counts a new connection; false when max_client_connections is reached. */
   register(session: ClientSession): boolean;
   unregister(session: ClientSession): void;
   cancel(pid: number, secret: number): void;
@@ -59,6 +83,22 @@ const READY = 3;
 const CLOSED = 4;
 /** Logged in to the admin console: simple queries go to the admin executor. */
 const ADMIN = 5;
+/** Login failed; the FATAL goes out after auth_failure_delay. Input is ignored. */
+const DENIED = 6;
+
+const STATE_NAMES = ["startup", "auth", "login", "ready", "closed", "admin", "auth"] as const;
+
+// The largest message PostgreSQL accepts per client message type, as it checks them
+// (postgres.c, SocketBackend): 0 = not a frontend message after login, SMALL = messages that
+// carry only names and numbers, LARGE = queries, statements, parameters, COPY data (capped by
+// max_message_size).
+const NOT_ALLOWED = 0;
+const SMALL = 1;
+const LARGE = 2;
+const SMALL_MESSAGE_LIMIT = 10_000;
+const MESSAGE_CLASS = new Uint8Array(256);
+for (const t of "XCDEHScf") MESSAGE_CLASS[t.charCodeAt(0)] = SMALL;
+for (const t of "QFBPd") MESSAGE_CLASS[t.charCodeAt(0)] = LARGE;
 
 // Every client message type is reported at its header: the session counts them.
 const CLIENT_MODES = frameModes([], FRAME_HEADER);
@@ -95,6 +135,14 @@ export class ClientSession implements LeaseHolder {
   private closeWhenIdle = false;
   private pausedForLease = false;
   private isAdmin = false;
+  /** A protocol error went through the stream: the lease must not be reused. */
+  private broken = false;
+  /** Terminate was read while bytes before it still wait for a server. */
+  private terminating = false;
+  private loginTimer: NodeJS.Timeout | null = null;
+  private denyTimer: NodeJS.Timeout | null = null;
+  /** The key under which the pool remembers welcomes for this client's settings. */
+  private shape = "";
   private adminQueue: Promise<void> = Promise.resolve();
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
 
@@ -109,6 +157,24 @@ export class ClientSession implements LeaseHolder {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 60_000);
     this.bindSocket(socket);
+    if (!ctx.register(this)) {
+      // Refused at the door: nothing is read from it.
+      this.state = CLOSED;
+      socket.end(
+        errorResponse({
+          severity: "FATAL",
+          code: "53300",
+          message: "sorry, too many clients already",
+        }),
+      );
+      socket.destroySoon();
+      return;
+    }
+    const timeout = ctx.config.general.client_login_timeout;
+    if (timeout > 0) {
+      this.loginTimer = setTimeout(() => this.loginTimedOut(timeout), timeout);
+      this.loginTimer.unref();
+    }
   }
 
   get isIdle(): boolean {
@@ -126,7 +192,7 @@ export class ClientSession implements LeaseHolder {
 
   get stateName(): string {
     if (this.state === READY) return this.lease ? "active" : this.acquiring ? "waiting" : "idle";
-    return ["startup", "auth", "login", "ready", "closed", "admin"][this.state]!;
+    return STATE_NAMES[this.state]!;
   }
 
   view(): {
@@ -203,21 +269,49 @@ export class ClientSession implements LeaseHolder {
 
   private onData(chunk: Buffer): void {
     try {
-      if (this.state === READY) {
-        this.proxyData(chunk);
+      if (this.state === READY || this.state === LOGIN) {
+        this.clientBytes(chunk);
         return;
       }
-      if (this.state === LOGIN) {
-        this.pending.push(chunk);
-        return;
-      }
-      if (this.state === CLOSED) return;
+      if (this.state === CLOSED || this.state === DENIED) return;
       this.buf.push(chunk);
       if (this.state === ADMIN) this.adminData();
       else this.processHandshake();
     } catch (err) {
-      this.fatal(err);
+      this.fail(err);
     }
+  }
+
+  /** A client stream broke (protocol error, or a bug of ours): FATAL, and no lease is reused. */
+  private fail(err: unknown): void {
+    this.broken = true;
+    this.fatal(err);
+  }
+
+  private loginTimedOut(timeoutMs: number): void {
+    this.loginTimer = null;
+    if (this.state !== STARTUP && this.state !== AUTH) return;
+    this.ctx.logger.info(
+      { client: this.remote, user: this.user || undefined, timeout_ms: timeoutMs },
+      "client_login_timeout: closing a connection that did not log in",
+    );
+    if (this.state === STARTUP) {
+      // No startup packet yet, so no protocol to answer in: close, as PostgreSQL does.
+      this.close();
+      return;
+    }
+    this.fatal(
+      new PgError(
+        "FATAL",
+        "08P01",
+        `login not completed within client_login_timeout (${timeoutMs} ms)`,
+      ),
+    );
+  }
+
+  private loginDone(): void {
+    if (this.loginTimer !== null) clearTimeout(this.loginTimer);
+    this.loginTimer = null;
   }
 
   // ---- startup and authentication -----------------------------------------------------------
@@ -225,7 +319,19 @@ export class ClientSession implements LeaseHolder {
   private processHandshake(): void {
     while (this.state === STARTUP || this.state === AUTH) {
       if (this.state === STARTUP) {
-        const packet = this.buf.nextStartup();
+        let packet: Buffer | null;
+        try {
+          packet = this.buf.nextStartup();
+        } catch (err) {
+          // PostgreSQL logs a bad startup packet and closes without a word (a Terminate sent
+          // before any startup packet lands here too).
+          this.ctx.logger.debug(
+            { client: this.remote, err: errorMessage(err) },
+            "invalid startup packet; connection closed",
+          );
+          this.close();
+          return;
+        }
         if (packet === null) return;
         if (!this.onStartupPacket(packet)) return;
       } else {
@@ -309,40 +415,49 @@ export class ClientSession implements LeaseHolder {
       throw new PgError("FATAL", "08P01", "replication connections are not supported by pgwarden");
     }
     if (this.ctx.shuttingDown) throw new PgError("FATAL", "57P03", "pgwarden is shutting down");
-    if (!this.ctx.register(this))
-      throw new PgError("FATAL", "53300", "sorry, too many clients already");
-
-    if (this.database === config.admin.name) {
-      if (user !== config.admin.user) {
-        throw new PgError(
-          "FATAL",
-          "28000",
-          `role "${user}" is not allowed to use the admin console`,
-        );
-      }
-      this.isAdmin = true;
-      // The admin password is checked with SCRAM whatever auth_type says.
-      this.auth = new ClientAuth(user, config.admin.password, "scram");
-      this.state = AUTH;
-      this.onAuthStep(this.auth.start());
-      return;
-    }
-    if (!config.databases.some((d) => d.name === this.database)) {
-      throw new PgError("FATAL", "3D000", `database "${this.database}" does not exist`);
-    }
-    const pool = this.ctx.registry.get(user, this.database);
-    const userConfig = config.users.find((u) => u.name === user && u.database === this.database);
-    if (!pool || !userConfig) throw new PgError("FATAL", "28000", `role "${user}" does not exist`);
-    this.pool = pool;
-    this.poolGeneration = this.ctx.registry.generation;
     try {
       this.wanted = wantedSettings(params);
     } catch (err) {
       throw new PgError("FATAL", "22023", `invalid startup options: ${errorMessage(err)}`);
     }
-    this.auth = new ClientAuth(user, userConfig.password, config.general.auth_type);
     this.state = AUTH;
+
+    if (this.database === config.admin.name) {
+      // The admin password is checked with SCRAM whatever auth_type says; anyone but the admin
+      // user runs the same exchange against a mock secret and fails like a wrong password.
+      this.isAdmin = user === config.admin.user;
+      this.auth = new ClientAuth(user, this.isAdmin ? config.admin.password : undefined, "scram");
+      this.onAuthStep(this.auth.start());
+      return;
+    }
+    // The password is the one configured for this user and database, or, when the user has no
+    // pool for that database, any of the user's (the database is judged after the password).
+    const entries = config.users.filter((u) => u.name === user);
+    const entry = entries.find((u) => u.database === this.database) ?? entries[0];
+    if (entry === undefined && config.general.auth_type === "trust") {
+      // Nothing to prove under trust: PostgreSQL tells the role is unknown.
+      throw new PgError("FATAL", "28000", `role "${user}" does not exist`);
+    }
+    this.auth = new ClientAuth(user, entry?.password, config.general.auth_type);
     this.onAuthStep(this.auth.start());
+  }
+
+  /** After a successful password exchange: the pool this client logs in to, or a FATAL. */
+  private choosePool(): Pool {
+    const { config } = this.ctx;
+    if (!config.databases.some((d) => d.name === this.database)) {
+      throw new PgError("FATAL", "3D000", `database "${this.database}" does not exist`);
+    }
+    const pool = this.ctx.registry.get(this.user, this.database);
+    if (!pool) {
+      throw new PgError(
+        "FATAL",
+        "28000",
+        `no pool for user "${this.user}" and database "${this.database}" in pgwarden's configuration`,
+      );
+    }
+    this.poolGeneration = this.ctx.registry.generation;
+    return pool;
   }
 
   private onAuthStep(step: ReturnType<ClientAuth["start"]>): void {
@@ -361,17 +476,64 @@ export class ClientSession implements LeaseHolder {
         },
         "client login",
       );
-      throw new PgError("FATAL", "28P01", `password authentication failed for user "${this.user}"`);
+      this.deny(
+        new PgError("FATAL", "28P01", `password authentication failed for user "${this.user}"`),
+      );
+      return;
     }
-    this.socket.write(step.data ? Buffer.concat([step.data, authenticationOk]) : authenticationOk);
+    this.loginDone();
     if (this.isAdmin) {
+      this.socket.write(
+        step.data ? Buffer.concat([step.data, authenticationOk]) : authenticationOk,
+      );
       this.adminWelcome();
       return;
     }
-    this.state = LOGIN;
+    this.pool = this.choosePool();
+    this.socket.write(step.data ? Buffer.concat([step.data, authenticationOk]) : authenticationOk);
     const rest = this.buf.takeRest();
-    if (rest.length > 0) this.pending.push(rest);
-    this.acquire();
+    if (this.pool.settings.mode === "transaction" && this.welcomeFromPool()) {
+      if (rest.length > 0) this.clientBytes(rest);
+      return;
+    }
+    this.state = LOGIN;
+    if (rest.length > 0) this.clientBytes(rest);
+    if (!this.acquiring && this.state === LOGIN) this.acquire();
+  }
+
+  /** A failed login: FATAL now, or after auth_failure_delay (input ignored meanwhile). */
+  private deny(err: PgError): void {
+    const delay = this.ctx.config.general.auth_failure_delay;
+    if (delay <= 0) {
+      this.fatal(err);
+      return;
+    }
+    this.loginDone();
+    this.state = DENIED;
+    this.socket.pause();
+    this.denyTimer = setTimeout(() => {
+      this.denyTimer = null;
+      this.state = AUTH;
+      this.fatal(err);
+    }, delay);
+  }
+
+  /**
+   * Transaction pooling: welcomes the client from what the pool remembers of its servers, when
+   * it has seen a client with these settings before. Returns false to take the server path.
+   */
+  private welcomeFromPool(): boolean {
+    const params = this.pool!.loginParams;
+    if (!reportedAsGiven(this.applicationName)) return false;
+    this.shape = shapeKey(this.wanted);
+    const known = params.get(this.shape, this.wanted);
+    if (known === undefined) return false;
+    const parts: Buffer[] = [];
+    for (const [k, v] of known) if (k !== "application_name") parts.push(parameterStatus(k, v));
+    const app = this.wanted.get("application_name") ?? params.baseline?.get("application_name");
+    if (app !== undefined) parts.push(parameterStatus("application_name", app));
+    this.sendWelcome(parts);
+    return true;
   }
 
   private adminWelcome(): void {
@@ -437,6 +599,18 @@ export class ClientSession implements LeaseHolder {
     const lease = this.lease!;
     const parts: Buffer[] = [];
     for (const [k, v] of lease.reported) parts.push(parameterStatus(k, v));
+    if (this.shape === "" && reportedAsGiven(this.applicationName))
+      this.shape = shapeKey(this.wanted);
+    if (this.shape !== "") this.pool!.loginParams.set(this.shape, lease.reported);
+    this.sendWelcome(parts);
+    // Transaction pooling: the server goes back unless bytes that came with the login need it.
+    if (this.pool!.settings.mode === "transaction" && this.pending.length === 0) {
+      this.lease = null;
+      lease.release(true);
+    }
+  }
+
+  private sendWelcome(parts: Buffer[]): void {
     parts.push(backendKeyData(this.pid, this.secret), readyForQuery("I"));
     this.socket.write(Buffer.concat(parts));
     this.state = READY;
@@ -451,10 +625,6 @@ export class ClientSession implements LeaseHolder {
       },
       "client login",
     );
-    if (this.pool!.settings.mode === "transaction") {
-      this.lease = null;
-      lease.release(true);
-    }
   }
 
   // ---- leasing ------------------------------------------------------------------------------
@@ -526,52 +696,59 @@ export class ClientSession implements LeaseHolder {
     );
   }
 
+  /** The lease is the session's: welcome (at login), then the bytes that waited for it. */
   private leaseReady(lease: Lease): void {
     this.acquiring = false;
     this.lease = lease;
-    if (this.state === LOGIN) this.welcome();
-    const chunks = this.pending;
-    this.pending = [];
-    for (const c of chunks) {
-      if (this.state !== READY) return;
-      this.proxyData(c);
-    }
-    if (this.pausedForLease) {
-      this.pausedForLease = false;
-      if (this.state === READY && !this.waitingServerDrain) this.socket.resume();
+    try {
+      if (this.state === LOGIN) this.welcome();
+      const chunks = this.pending;
+      this.pending = [];
+      for (const c of chunks) {
+        if (this.state !== READY || this.lease !== lease) return;
+        this.toServer(lease, c);
+      }
+      if (this.terminating) {
+        this.close();
+        return;
+      }
+      if (this.pausedForLease) {
+        this.pausedForLease = false;
+        if (this.state === READY && !this.waitingServerDrain) this.socket.resume();
+      }
+    } catch (err) {
+      this.fail(err);
     }
   }
 
   // ---- hot path -----------------------------------------------------------------------------
 
-  private proxyData(chunk: Buffer): void {
-    const lease = this.lease;
-    if (lease === null) {
-      if (this.acquiring || this.pending.length > 0) {
-        this.pending.push(chunk);
-        return;
-      }
-      if (chunk.length === 5 && chunk[0] === Msg.Terminate && this.framer.atBoundary) {
-        this.close();
-        return;
-      }
-      this.pending.push(chunk);
-      this.acquire();
-      // Usually an idle server was at hand and the bytes are already on their way; pause the
-      // socket (two syscalls) only when the client really has to wait.
-      if (this.lease === null && !this.pausedForLease && this.state === READY) {
-        this.pausedForLease = true;
-        this.socket.pause();
-      }
-      return;
-    }
+  /**
+   * Client bytes after login: scanned once here (see the header), then sent to the leased
+   * server, or kept until one is leased. Throws ProtocolError/PgError for a broken stream.
+   */
+  private clientBytes(chunk: Buffer): void {
     const f = this.framer;
     let pos = 0;
     while (pos < chunk.length) {
       pos = f.feed(chunk, pos);
       if (f.event !== EVENT_HEADER) continue;
-      switch (f.type) {
+      const type = f.type;
+      const cls = MESSAGE_CLASS[type]!;
+      const limit = cls === SMALL ? SMALL_MESSAGE_LIMIT : this.ctx.config.general.max_message_size;
+      if (cls === NOT_ALLOWED) {
+        throw new PgError("FATAL", "08P01", `invalid frontend message type ${type}`);
+      }
+      if (f.bodyLength + 4 > limit) {
+        throw new PgError(
+          "FATAL",
+          "08P01",
+          `invalid message length ${f.bodyLength + 4} for message type "${String.fromCharCode(type)}" (limit ${limit} bytes)`,
+        );
+      }
+      switch (type) {
         case Msg.Query:
+        case Msg.FunctionCall:
           this.expectZ++;
           this.queries++;
           break;
@@ -579,20 +756,13 @@ export class ClientSession implements LeaseHolder {
           this.expectZ++;
           this.dirty = false;
           break;
-        case Msg.FunctionCall:
-          this.expectZ++;
-          this.queries++;
-          break;
         case Msg.Execute:
           this.queries++;
           this.dirty = true;
           break;
-        case Msg.Terminate: {
-          const upto = pos - 5;
-          if (upto > 0) lease.write(chunk.subarray(0, upto));
-          this.close(upto < 0);
+        case Msg.Terminate:
+          this.terminate(chunk.subarray(0, pos - 5));
           return;
-        }
         case Msg.CopyData:
         case Msg.CopyDone:
         case Msg.CopyFail:
@@ -601,6 +771,47 @@ export class ClientSession implements LeaseHolder {
           this.dirty = true;
       }
     }
+    const lease = this.lease;
+    if (lease !== null) {
+      this.toServer(lease, chunk);
+      return;
+    }
+    this.pending.push(chunk);
+    if (this.acquiring || this.state !== READY) {
+      this.pauseForLease();
+      return;
+    }
+    this.acquire();
+    // Usually an idle server was at hand and the bytes are already on their way; pause the
+    // socket (two syscalls) only when the client really has to wait.
+    if (this.lease === null) this.pauseForLease();
+  }
+
+  private pauseForLease(): void {
+    if (this.pausedForLease || this.state === CLOSED) return;
+    this.pausedForLease = true;
+    this.socket.pause();
+  }
+
+  /** Terminate: what came before it still goes to a server; then the session ends. */
+  private terminate(before: Buffer): void {
+    const lease = this.lease;
+    if (lease !== null) {
+      if (before.length > 0) lease.write(before);
+      this.close();
+      return;
+    }
+    if (before.length === 0 && this.pending.length === 0) {
+      this.close();
+      return;
+    }
+    if (before.length > 0) this.pending.push(before);
+    this.terminating = true;
+    this.pauseForLease();
+    if (!this.acquiring && this.state === READY) this.acquire();
+  }
+
+  private toServer(lease: Lease, chunk: Buffer): void {
     if (!lease.write(chunk) && !this.waitingServerDrain) {
       this.waitingServerDrain = true;
       this.socket.pause();
@@ -612,7 +823,13 @@ export class ClientSession implements LeaseHolder {
   }
 
   private releasable(status: number): boolean {
-    return status === TxStatus.Idle && this.expectZ === 0 && !this.dirty && this.framer.atBoundary;
+    return (
+      status === TxStatus.Idle &&
+      this.expectZ === 0 &&
+      !this.dirty &&
+      this.framer.atBoundary &&
+      !this.broken
+    );
   }
 
   serverData(data: Buffer): boolean {
@@ -704,6 +921,9 @@ export class ClientSession implements LeaseHolder {
     }
     const wasReady = this.state === READY || this.state === LOGIN;
     this.state = CLOSED;
+    this.loginDone();
+    if (this.denyTimer !== null) clearTimeout(this.denyTimer);
+    this.denyTimer = null;
     this.pending = [];
     this.ctx.unregister(this);
     if (this.acquiring && this.pool) this.pool.cancelWait(this);

@@ -1,6 +1,15 @@
 // Frontend: the listeners, the set of live client sessions, cancel routing and graceful
 // shutdown. "0.0.0.0" (or "*") listens on every IPv4 address and, when the host has IPv6, on
 // every IPv6 address too.
+//
+// Every accepted connection is a session from its first moment, logged in or not, so
+// max_client_connections bounds them all. The open-file limit bounds them too: when accept()
+// runs out of file descriptors, libuv closes the connections waiting in the backlog without a
+// word (its EMFILE "trick") and Node never hears of it. So pgwarden keeps clear of that limit:
+// client connections are capped at the limit less every pool's server connections and a reserve
+// (logged at start when that is below max_client_connections), and a connection over the cap is
+// answered `FATAL 53300` and closed. Other listener errors are logged (at most once a second,
+// with a count); the listener keeps listening.
 
 import { timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -38,6 +47,12 @@ export class Frontend implements FrontendContext {
   adminExecutor: ((sql: string) => Promise<Buffer[]>) | null = null;
   readonly sessions = new Map<number, ClientSession>();
   private readonly servers: net.Server[] = [];
+  private acceptErrors = 0;
+  private acceptErrorLoggedAt = 0;
+  /** Client connections the open-file limit leaves room for (Infinity when unknown). */
+  private fdCap = Number.POSITIVE_INFINITY;
+  private fdRefused = 0;
+  private fdRefusedLoggedAt = 0;
 
   constructor(config: Config, registry: PoolRegistry, logger: Logger) {
     this.config = config;
@@ -48,6 +63,19 @@ export class Frontend implements FrontendContext {
 
   register(session: ClientSession): boolean {
     if (this.sessions.size >= this.config.general.max_client_connections) return false;
+    if (this.sessions.size >= this.fdCap) {
+      this.fdRefused++;
+      const now = performance.now();
+      if (now - this.fdRefusedLoggedAt >= 1000) {
+        this.fdRefusedLoggedAt = now;
+        this.logger.warn(
+          { refused: this.fdRefused, sessions: this.sessions.size, cap: this.fdCap },
+          "client connection refused: the open-file limit leaves no room for more (raise `ulimit -n`)",
+        );
+        this.fdRefused = 0;
+      }
+      return false;
+    }
     while (this.sessions.has(session.pid)) session.pid = (session.pid % 2147483646) + 1;
     this.sessions.set(session.pid, session);
     return true;
@@ -90,10 +118,57 @@ export class Frontend implements FrontendContext {
         resolve();
       });
     });
-    server.on("error", (err) => this.logger.error({ err: err.message }, "listener error"));
+    server.on("error", (err) => this.listenerError(err as NodeJS.ErrnoException));
     this.servers.push(server);
+    this.fdCap = this.clientRoom();
     const addr = server.address() as net.AddressInfo;
     return { host: addr.address, port: addr.port };
+  }
+
+  /**
+   * How many client connections fit under the open-file limit, next to every pool's server
+   * connections and a reserve (server logins, cancel requests, metrics, Node's own descriptors);
+   * warns when that is below max_client_connections.
+   */
+  private clientRoom(): number {
+    const limit = openFileLimit();
+    if (limit === null) return Number.POSITIVE_INFINITY;
+    const { config } = this;
+    const servers = config.users.reduce((n, u) => n + u.pool_size, 0);
+    const room = Math.max(1, limit - servers - FD_RESERVE);
+    if (room < config.general.max_client_connections) {
+      this.logger.warn(
+        {
+          open_file_limit: limit,
+          max_client_connections: config.general.max_client_connections,
+          server_connections: servers,
+          client_connections_allowed: room,
+        },
+        "the open-file limit is below max_client_connections plus the pools' server connections: clients past the room left are refused with 53300 (raise `ulimit -n` or lower max_client_connections)",
+      );
+    }
+    return room;
+  }
+
+  private listenerError(err: NodeJS.ErrnoException): void {
+    this.acceptErrors++;
+    const now = performance.now();
+    if (now - this.acceptErrorLoggedAt < 1000) return;
+    this.acceptErrorLoggedAt = now;
+    const out_of_fds = err.code === "EMFILE" || err.code === "ENFILE";
+    this.logger.error(
+      {
+        err: err.message,
+        code: err.code,
+        errors_since_last_log: this.acceptErrors,
+        sessions: this.sessions.size,
+        max_client_connections: this.config.general.max_client_connections,
+      },
+      out_of_fds
+        ? "accept failed: out of file descriptors (lower max_client_connections or raise the open-file limit); still listening"
+        : "listener error; still listening",
+    );
+    this.acceptErrors = 0;
   }
 
   /** One row per client for SHOW CLIENTS (taken on demand). */
@@ -115,6 +190,7 @@ export class Frontend implements FrontendContext {
   /** A reload was applied: new config for logins, new client certificate, sessions follow. */
   applyConfig(config: Config, tlsContext: tls.SecureContext | null): void {
     this.config = config;
+    if (this.servers.length > 0) this.fdCap = this.clientRoom();
     this.tlsContext = tlsContext;
     for (const s of this.sessions.values()) s.afterReload();
   }
@@ -143,4 +219,17 @@ function makeTlsContext(config: Config): tls.SecureContext | null {
     cert: readFileSync(tls_certificate),
     key: readFileSync(tls_private_key),
   });
+}
+
+/** Descriptors kept free of client connections. */
+const FD_RESERVE = 64;
+
+/** The soft limit on open files of this process (Linux), or null when unknown. */
+function openFileLimit(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
 }

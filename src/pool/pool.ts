@@ -16,6 +16,7 @@ import { ServerConnection as Server } from "../backend/index.js";
 import type { PoolerMode } from "../config/index.js";
 import { errorMessage, isAuthFailure, type Logger, PgwardenError, Queue } from "../util/index.js";
 import { Lease, type LeaseHolder } from "./lease.js";
+import { LoginParams } from "./login-params.js";
 import type { PoolSnapshot, ServerSnapshot } from "./snapshot.js";
 
 export interface PoolSettings {
@@ -69,6 +70,8 @@ export class Pool {
   private failures = 0;
   private nextRefillAt = 0;
   readonly logger: Logger;
+  /** What this pool's servers report at login, for logins that need no server (login-params.ts). */
+  readonly loginParams = new LoginParams();
   readonly stats = {
     totalXact: 0,
     totalQuery: 0,
@@ -413,6 +416,7 @@ export class Pool {
           return;
         }
         server.onClose = (dead) => this.onServerClosed(dead);
+        this.loginParams.noteServer(server.baseline);
         this.handOut(server);
       },
       (err: unknown) => {

@@ -31,6 +31,11 @@ export interface StartPgwardenOptions extends PgwardenConfig {
   env?: Record<string, string | undefined>;
   /** Extra command-line arguments after --config/--users. */
   args?: string[];
+  /**
+   * A command that execs node in the same process (e.g. `["prlimit", "--nofile=100:100", "--"]`
+   * to run pgwarden with few file descriptors); the pid stays pgwarden's.
+   */
+  prefix?: string[];
   /** Resolve at once after spawning, without waiting for "listening" (config-error tests). */
   expectExit?: boolean;
   /** How long to wait for "listening" (default 30 s). */
@@ -135,15 +140,15 @@ async function spawnOnce(opts: StartPgwardenOptions, main: string): Promise<Pgwa
   let currentHost = host;
   let currentPort = port;
 
-  const proc = spawn(
-    process.execPath,
-    [main, "--config", configFile, "--users", usersFile, ...(opts.args ?? [])],
-    {
-      cwd: dir,
-      env: childEnv(opts.env ?? {}),
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+  const argv = [main, "--config", configFile, "--users", usersFile, ...(opts.args ?? [])];
+  const [cmd, ...cmdArgs] = opts.prefix?.length
+    ? [...opts.prefix, process.execPath, ...argv]
+    : [process.execPath, ...argv];
+  const proc = spawn(cmd!, cmdArgs, {
+    cwd: dir,
+    env: childEnv(opts.env ?? {}),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   if (proc.pid !== undefined)
     track({ pid: proc.pid, kind: "pgwarden", marker: configFile, killSignal: "SIGKILL", dir });
 
