@@ -134,3 +134,38 @@ export function parsePgbench(stdout: string): PgbenchStats {
   if (latency?.[1]) stats.latencyAvgMs = Number(latency[1]);
   return stats;
 }
+
+export interface PgbenchProblems {
+  /** How many distinct clients pgbench reported as aborted. */
+  abortedClients: number;
+  /** Its abort lines ("client N aborted …"), without the "pgbench: error: " prefix. */
+  aborts: string[];
+  /**
+   * Its other error lines, logged without aborting a client: with -M prepared, pgbench 15
+   * logs a failed Parse ("prepared statement … already exists") and goes on.
+   */
+  errors: string[];
+}
+
+/**
+ * Reads pgbench's stderr for clients it aborted, "client N aborted in command M (SQL) of script
+ * S; <message>", "client N script S aborted in command M query Q: <message>", "client N aborted
+ * while establishing connection", … (a client counted once; pgbench then exits with code 2, its
+ * summary still on stdout), and for its other "pgbench: error: " lines (but "Run was aborted; the
+ * above results are incomplete", which only says that a client was).
+ */
+export function parsePgbenchProblems(stderr: string): PgbenchProblems {
+  const ids = new Set<string>();
+  const aborts: string[] = [];
+  const errors: string[] = [];
+  for (const line of stderr.split("\n")) {
+    const abort = /\bclient (\d+) (?:script \d+ )?aborted\b.*/.exec(line);
+    if (abort) {
+      ids.add(abort[1] ?? "");
+      aborts.push(abort[0].trim());
+    } else if (line.startsWith("pgbench: error: ") && !/Run was aborted/.test(line)) {
+      errors.push(line.slice("pgbench: error: ".length).trim());
+    }
+  }
+  return { abortedClients: ids.size, aborts, errors };
+}
