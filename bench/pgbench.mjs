@@ -359,7 +359,7 @@ async function pgbench(h, target, run, during) {
   if (problems.aborts.length) row.aborts = problems.aborts.slice(0, 200);
   if (problems.errors.length) row.errors = problems.errors.slice(0, 20);
   if (run.progress) {
-    const intervals = [...r.stderr.matchAll(/^progress: [\d.]+ s, ([\d.]+) tps/gm)];
+    const intervals = [...r.stderr.matchAll(/progress: [\d.]+ s, ([\d.]+) tps/g)];
     row.zeroTpsSeconds = intervals.filter((m) => Number(m[1]) === 0).length;
   }
   row.wallSeconds = (finished - startedAt) / 1000;

@@ -25,6 +25,7 @@ describe("pgbench output", () => {
       "pgbench: error: client 15 aborted in command 7 (SQL) of script 0; perhaps the backend died while processing",
       "progress: 5.0 s, 0.0 tps, lat 0.000 ms stddev 0.000, 0 failed",
       "pgbench: error: client 4 aborted in command 4 (SQL) of script 0; again",
+      "pgbench: error: progress: 15.1 s, 670.8 tps, lat 24.898 ms stddev 15.496, 0 failed",
       "pgbench: error: Run was aborted; the above results are incomplete.",
     ].join("\n");
     const p = parsePgbenchProblems(stderr);

@@ -152,7 +152,8 @@ export interface PgbenchProblems {
  * S; <message>", "client N script S aborted in command M query Q: <message>", "client N aborted
  * while establishing connection", … (a client counted once; pgbench then exits with code 2, its
  * summary still on stdout), and for its other "pgbench: error: " lines (but "Run was aborted; the
- * above results are incomplete", which only says that a client was).
+ * above results are incomplete", which only says that a client was). pgbench's threads share
+ * stderr, so a line can hold the start of one message and a whole progress line.
  */
 export function parsePgbenchProblems(stderr: string): PgbenchProblems {
   const ids = new Set<string>();
@@ -163,8 +164,10 @@ export function parsePgbenchProblems(stderr: string): PgbenchProblems {
     if (abort) {
       ids.add(abort[1] ?? "");
       aborts.push(abort[0].trim());
-    } else if (line.startsWith("pgbench: error: ") && !/Run was aborted/.test(line)) {
-      errors.push(line.slice("pgbench: error: ".length).trim());
+    } else if (line.startsWith("pgbench: error: ")) {
+      const text = line.slice("pgbench: error: ".length).trim();
+      // a progress line (-P) of another thread can land inside a message
+      if (!/^Run was aborted|^progress: /.test(text)) errors.push(text);
     }
   }
   return { abortedClients: ids.size, aborts, errors };
