@@ -15,22 +15,26 @@
 // Standard rows: for each workload, client count and protocol, one pgbench -T run per target,
 // the targets in turn (interleaved, so that drift in the machine's speed hits them alike; with
 // BENCH_ROUNDS > 1 the whole matrix is run again, in reverse target order every other round, and
-// the tables show medians of TPS and CPU, failed and aborted summed over rounds). For each run:
+// the tables show medians of TPS and of each CPU column, failed and aborted summed over rounds).
+// For each run:
 //   TPS        pgbench's "tps = … (without initial connection time)"
 //   µs/txn     CPU time of the proxy (user + sys, also shown apart) per transaction: utime+stime
 //              (+cutime+cstime) of the proxy's process and all its descendants, read from
 //              /proc/<pid>/stat (clock ticks, `getconf CLK_TCK`) right before and after the
 //              pgbench run, divided by the transactions pgbench processed; "cpu %" is the same
-//              time over the run's wall time (100 % = one core). Nothing for direct.
+//              time over the run's wall time (100 % = one core). Nothing for direct. It
+//              includes the clients' logins (SCRAM): next to nothing in a full run, most of it
+//              in one cut short by aborted clients.
 //   failed     pgbench's "number of failed transactions" (pgbench 15 counts only serialization
 //              and deadlock failures there; any other error aborts the client)
 //   aborted    clients pgbench reports as aborted ("client N aborted in command …")
-//   errors logged  pgbench's other error lines: with -M prepared pgbench 15 logs a failed Parse
-//              ("prepared statement "P_0" already exists") and goes on; all clients use the same
-//              statement names, so through a pooler that does not track prepared statements the
-//              run works once every server connection has been sent each Parse, and such errors
-//              are the sign of it. The first abort and error of each row are printed under it.
-// and, on pgwarden's rows, pgwarden / pgbouncer-latest for TPS and for µs/txn.
+//   errors logged  pgbench's other error lines. With -M prepared pgbench 15 logs a failed Parse
+//              ("prepared statement "P_0" already exists") and goes on; all clients use the
+//              same statement names, so through a pooler that does not track prepared
+//              statements the run works once every server connection has been sent each Parse,
+//              and such errors are the sign of it.
+// Aborts and logged errors are printed under the table, counted by message; and, on pgwarden's
+// rows, the table has pgwarden / pgbouncer-latest for TPS and for µs/txn.
 // With -M prepared, when clients outnumber the pool's servers pgbench runs one thread per client
 // (-j = -c) for every target of that row: pgbench prepares with a blocking call, and a thread
 // blocked there while another of its clients holds a server inside a transaction deadlocks any
@@ -350,14 +354,21 @@ async function pgbench(h, target, run, during) {
   try {
     Object.assign(row, h.clients.parsePgbench(r.stdout));
   } catch {
+    // pgbench 15 prints no tps when no transaction completed, e.g. when its clients' logins
+    // took all of -T on a busy machine
+    const none = /number of transactions actually processed: 0\b/.test(r.stdout);
     const last = r.stderr.trim().split("\n").pop() ?? "";
-    row.error = (last || `exit ${r.code}, no output`).replace(/^pgbench: (error|fatal): /, "");
+    row.error = none
+      ? "no transaction processed"
+      : (last || `exit ${r.code}, no summary`).replace(/^pgbench: (error|fatal): /, "");
+    row.output = r.stdout.slice(-2000);
   }
   const problems = h.clients.parsePgbenchProblems(r.stderr);
   row.aborted = problems.abortedClients;
   row.errorsLogged = problems.errors.length;
+  row.abortReasons = countReasons(problems.aborts);
+  row.errorReasons = countReasons(problems.errors);
   if (problems.aborts.length) row.aborts = problems.aborts.slice(0, 200);
-  if (problems.errors.length) row.errors = problems.errors.slice(0, 20);
   if (run.progress) {
     const intervals = [...r.stderr.matchAll(/progress: [\d.]+ s, ([\d.]+) tps/g)];
     row.zeroTpsSeconds = intervals.filter((m) => Number(m[1]) === 0).length;
@@ -374,6 +385,29 @@ async function pgbench(h, target, run, during) {
     }
   }
   return row;
+}
+
+/**
+ * { reason: count } of pgbench's abort or error lines, the reason being the message without
+ * the client and command numbers ("FATAL: terminating connection due to administrator command").
+ */
+function countReasons(lines, into = {}) {
+  for (const line of lines) {
+    const reason = line
+      .replace(
+        /^client \d+ (script \d+ )?aborted in command \d+ (query \d+: |\(\w+\) of script \d+; )?/,
+        "",
+      )
+      .replace(/\s+/g, " ");
+    into[reason] = (into[reason] ?? 0) + 1;
+  }
+  return into;
+}
+
+function mergeReasons(rows, key) {
+  const out = {};
+  for (const r of rows) for (const [k, n] of Object.entries(r[key])) out[k] = (out[k] ?? 0) + n;
+  return out;
 }
 
 function describe(row) {
@@ -421,8 +455,6 @@ function summarize(runs, targets, reference) {
   for (const cell of cells.values()) {
     const first = cell[0];
     const error = cell.find((r) => r.error)?.error;
-    const firstAbort = cell.find((r) => r.aborts)?.aborts[0];
-    const firstError = cell.find((r) => r.errors)?.errors[0];
     rows.push({
       workload: first.workload,
       protocol: first.protocol,
@@ -439,8 +471,8 @@ function summarize(runs, targets, reference) {
       aborted: cell.reduce((s, r) => s + r.aborted, 0),
       errorsLogged: cell.reduce((s, r) => s + r.errorsLogged, 0),
       ...(error ? { error } : {}),
-      ...(firstAbort ? { firstAbort } : {}),
-      ...(firstError ? { firstError } : {}),
+      abortReasons: mergeReasons(cell, "abortReasons"),
+      errorReasons: mergeReasons(cell, "errorReasons"),
     });
   }
   const order = (r) => [
@@ -529,15 +561,19 @@ function restartTable(rows) {
   );
 }
 
-/** For each row that has them: its error, first abort message and first other logged error. */
+/** For each row that has them: its error, and its aborts and logged errors by reason. */
 function problems(rows, label) {
   const out = [];
+  const reasons = (counts) =>
+    Object.entries(counts)
+      .map(([reason, n]) => `${n} × ${reason}`)
+      .join("; ");
   for (const r of rows) {
-    const abort = r.firstAbort ?? r.aborts?.[0];
-    const logged = r.firstError ?? r.errors?.[0];
     if (r.error) out.push(`  ${label(r)}: ${r.error}`);
-    if (abort) out.push(`  ${label(r)}: first abort: ${abort}`);
-    if (logged) out.push(`  ${label(r)}: first error logged: ${logged}`);
+    if (Object.keys(r.abortReasons).length)
+      out.push(`  ${label(r)}: aborted: ${reasons(r.abortReasons)}`);
+    if (Object.keys(r.errorReasons).length)
+      out.push(`  ${label(r)}: errors logged: ${reasons(r.errorReasons)}`);
   }
   return out;
 }
