@@ -368,7 +368,8 @@ async function pgbench(h, target, run, during) {
   row.errorsLogged = problems.errors.length;
   row.abortReasons = countReasons(problems.aborts);
   row.errorReasons = countReasons(problems.errors);
-  if (problems.aborts.length) row.aborts = problems.aborts.slice(0, 200);
+  if (problems.aborts.length || problems.errors.length || row.error)
+    row.stderr = r.stderr.slice(0, 20_000); // for BENCH_JSON
   if (run.progress) {
     const intervals = [...r.stderr.matchAll(/progress: [\d.]+ s, ([\d.]+) tps/g)];
     row.zeroTpsSeconds = intervals.filter((m) => Number(m[1]) === 0).length;

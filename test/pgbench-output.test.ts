@@ -37,6 +37,23 @@ describe("pgbench output", () => {
     expect(p.errors).toEqual(['ERROR:  prepared statement "P_0" already exists']);
   });
 
+  it("counts each message once when threads' writes interleave", () => {
+    const exists = 'ERROR:  prepared statement "P_0" already exists';
+    const stderr = [
+      `pgbench:pgbench: error: ${exists}`,
+      ` error: ${exists}`,
+      `pgbench: pgbench: error: ${exists}`,
+      `error: pgbench: error: ${exists}`,
+      exists,
+      "pgbench: error: could not do something",
+      "pgbench: error: ",
+      "progress: 1.0 s, 10.0 tps, lat 1.000 ms stddev 0.100, 0 failed",
+    ].join("\n");
+    const p = parsePgbenchProblems(stderr);
+    expect(p.abortedClients).toBe(0);
+    expect(p.errors).toEqual([exists, exists, exists, exists, exists, "could not do something"]);
+  });
+
   it("finds nothing in a clean run", () => {
     expect(parsePgbenchProblems("pgbench: warning: x\n")).toEqual({
       abortedClients: 0,

@@ -151,9 +151,13 @@ export interface PgbenchProblems {
  * Reads pgbench's stderr for clients it aborted, "client N aborted in command M (SQL) of script
  * S; <message>", "client N script S aborted in command M query Q: <message>", "client N aborted
  * while establishing connection", … (a client counted once; pgbench then exits with code 2, its
- * summary still on stdout), and for its other "pgbench: error: " lines (but "Run was aborted; the
- * above results are incomplete", which only says that a client was). pgbench's threads share
- * stderr, so a line can hold the start of one message and a whole progress line.
+ * summary still on stdout), and for the errors it logged without aborting a client.
+ *
+ * pgbench's threads share stderr and write a message's "pgbench: ", "error: " and text apart, so
+ * with many threads the prefixes of several messages can land on one line ("pgbench:pgbench:
+ * error: ERROR:  …" and then " error: ERROR:  …"). Each text is whole, though: an abort line, a
+ * server error ("ERROR:  …", "FATAL:  …") or another text after "pgbench: error: "; "Run was
+ * aborted; …" (it only says that a client was) and -P progress lines are left out.
  */
 export function parsePgbenchProblems(stderr: string): PgbenchProblems {
   const ids = new Set<string>();
@@ -161,13 +165,22 @@ export function parsePgbenchProblems(stderr: string): PgbenchProblems {
   const errors: string[] = [];
   for (const line of stderr.split("\n")) {
     const abort = /\bclient (\d+) (?:script \d+ )?aborted\b.*/.exec(line);
+    const serverError = /\b(?:ERROR|FATAL|PANIC):\s.*/.exec(line);
+    const text = line
+      .replace(/pgbench:\s*(?:error:\s*)?/g, "")
+      .replace(/^\s*error:\s*/, "")
+      .trim();
     if (abort) {
       ids.add(abort[1] ?? "");
       aborts.push(abort[0].trim());
-    } else if (line.startsWith("pgbench: error: ")) {
-      const text = line.slice("pgbench: error: ".length).trim();
-      // a progress line (-P) of another thread can land inside a message
-      if (!/^Run was aborted|^progress: /.test(text)) errors.push(text);
+    } else if (serverError) {
+      errors.push(serverError[0].trim());
+    } else if (
+      line.includes("pgbench: error: ") &&
+      text &&
+      !/^Run was aborted|^progress: /.test(text)
+    ) {
+      errors.push(text);
     }
   }
   return { abortedClients: ids.size, aborts, errors };
