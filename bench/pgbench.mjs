@@ -111,34 +111,44 @@ function positive(name, fallback, { zero = false } = {}) {
   return n;
 }
 
-const cfg = {
-  seconds: positive("BENCH_SECONDS", 15),
-  targets: [
-    ...new Set(
-      list("BENCH_TARGETS", TARGETS.join(","), [...TARGETS, "pgbouncer"]).flatMap((t) =>
-        t === "pgbouncer" ? ["pgbouncer-latest", "pgbouncer-system"] : [t],
+function readConfig() {
+  return {
+    seconds: positive("BENCH_SECONDS", 15),
+    targets: [
+      ...new Set(
+        list("BENCH_TARGETS", TARGETS.join(","), [...TARGETS, "pgbouncer"]).flatMap((t) =>
+          t === "pgbouncer" ? ["pgbouncer-latest", "pgbouncer-system"] : [t],
+        ),
       ),
-    ),
-  ],
-  workloads:
-    env("BENCH_WORKLOADS", "") === "none"
-      ? []
-      : list("BENCH_WORKLOADS", WORKLOADS.join(","), WORKLOADS),
-  clients: list("BENCH_CLIENTS", "50").map((c) => {
-    const n = Number(c);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`BENCH_CLIENTS: bad count ${c}`);
-    return n;
-  }),
-  protocols: list("BENCH_PROTOCOL", "simple", PROTOCOLS),
-  jobs: positive("BENCH_JOBS", 2),
-  rounds: positive("BENCH_ROUNDS", 1),
-  scale: positive("BENCH_SCALE", 10),
-  poolSize: positive("BENCH_POOL_SIZE", 10),
-  restart: env("BENCH_RESTART", "1") !== "0",
-  restartSeconds: positive("BENCH_RESTART_SECONDS", 30),
-  restartDownMs: positive("BENCH_RESTART_DOWN_MS", 0, { zero: true }),
-  json: env("BENCH_JSON", ""),
-};
+    ],
+    workloads:
+      env("BENCH_WORKLOADS", "") === "none"
+        ? []
+        : list("BENCH_WORKLOADS", WORKLOADS.join(","), WORKLOADS),
+    clients: list("BENCH_CLIENTS", "50").map((c) => {
+      const n = Number(c);
+      if (!Number.isInteger(n) || n < 1) throw new Error(`BENCH_CLIENTS: bad count ${c}`);
+      return n;
+    }),
+    protocols: list("BENCH_PROTOCOL", "simple", PROTOCOLS),
+    jobs: positive("BENCH_JOBS", 2),
+    rounds: positive("BENCH_ROUNDS", 1),
+    scale: positive("BENCH_SCALE", 10),
+    poolSize: positive("BENCH_POOL_SIZE", 10),
+    restart: env("BENCH_RESTART", "1") !== "0",
+    restartSeconds: positive("BENCH_RESTART_SECONDS", 30),
+    restartDownMs: positive("BENCH_RESTART_DOWN_MS", 0, { zero: true }),
+    json: env("BENCH_JSON", ""),
+  };
+}
+
+let cfg;
+try {
+  cfg = readConfig();
+} catch (err) {
+  process.stderr.write(`bench: ${err.message}\n`);
+  process.exit(2);
+}
 
 function log(msg) {
   process.stderr.write(`[bench] ${msg}\n`);
