@@ -1,60 +1,595 @@
 #!/usr/bin/env node
-// pgbench through pgwarden, PgBouncer and directly, on a private PostgreSQL (`npm run bench`).
+// pgbench through pgwarden, two PgBouncer releases and directly, on a private PostgreSQL
+// (`npm run bench`).
+//
+// Model. One PostgreSQL cluster (pgbench -i -s BENCH_SCALE) and, in front of it, each target:
+//   pgwarden          this repository's build (dist/), transaction mode, pool BENCH_POOL_SIZE
+//   pgbouncer-latest  a current PgBouncer built from its git repository (1.25 today), with
+//                     max_prepared_statements = 200 (its default, written out); named in the
+//                     tables by the version it reports, e.g. "pgbouncer-1.25.2"
+//   pgbouncer-system  the distribution's PgBouncer (Debian 12: 1.18, no prepared statement
+//                     support in transaction mode), e.g. "pgbouncer-1.18.0"
+//   direct            pgbench straight to PostgreSQL, one backend per client
+// Both PgBouncers run in transaction mode with the same pool size and SCRAM logins.
+//
+// Standard rows: for each workload, client count and protocol, one pgbench -T run per target,
+// the targets in turn (interleaved, so that drift in the machine's speed hits them alike; with
+// BENCH_ROUNDS > 1 the whole matrix is run again, in reverse target order every other round, and
+// the tables show medians of TPS and of each CPU column, failed and aborted summed over rounds).
+// For each run:
+//   TPS        pgbench's "tps = … (without initial connection time)"
+//   µs/txn     CPU time of the proxy (user + sys, also shown apart) per transaction: utime+stime
+//              (+cutime+cstime) of the proxy's process and all its descendants, read from
+//              /proc/<pid>/stat (clock ticks, `getconf CLK_TCK`) right before and after the
+//              pgbench run, divided by the transactions pgbench processed; "cpu %" is the same
+//              time over the run's wall time (100 % = one core). Nothing for direct. It
+//              includes the clients' logins (SCRAM): next to nothing in a full run, most of it
+//              in one cut short by aborted clients.
+//   failed     pgbench's "number of failed transactions" (pgbench 15 counts only serialization
+//              and deadlock failures there; any other error aborts the client)
+//   aborted    clients pgbench reports as aborted ("client N aborted in command …")
+//   errors logged  pgbench's other error lines. With -M prepared pgbench 15 logs a failed Parse
+//              ("prepared statement "P_0" already exists") and goes on; all clients use the
+//              same statement names, so through a pooler that does not track prepared
+//              statements the run works once every server connection has been sent each Parse,
+//              and such errors are the sign of it.
+// Aborts and logged errors are printed under the table, counted by message; and, on pgwarden's
+// rows, the table has pgwarden / pgbouncer-latest for TPS and for µs/txn.
+// With -M prepared, when clients outnumber the pool's servers pgbench runs one thread per client
+// (-j = -c) for every target of that row: pgbench prepares with a blocking call, and a thread
+// blocked there while another of its clients holds a server inside a transaction deadlocks any
+// transaction pooler.
+//
+// Restart rows (BENCH_RESTART, on by default): tpcb-like `pgbench -c 20 -j BENCH_JOBS -T
+// BENCH_RESTART_SECONDS -M simple -P 1` through each proxy (not direct), one at a time, with the
+// cluster restarted in the middle of the run as `pg_ctl restart -m fast` does (PgCluster.restart:
+// fast shutdown, new postmaster on the same port; BENCH_RESTART_DOWN_MS keeps it down longer).
+// Reported: TPS, transactions, the run's wall time (pgbench stops early when all its clients
+// have aborted, and runs past -T while they wait), proxy µs/txn, failed, aborted clients,
+// seconds of pgbench progress with 0 tps, and how long the restart took. Each restart also
+// closes the idle server connections of the other proxies.
 //
 // It reuses the test harness (test/harness/*.ts) rather than a copy of it: Node 20 cannot run
-// TypeScript, so the harness files are transpiled (type stripping only, with the `typescript`
-// devDependency) into a temp folder under .tmp/ and imported from there. The numbers are for
-// comparing the targets on the same machine in the same minutes; the runs are interleaved (for
-// each workload and client count: pgwarden, PgBouncer, direct in turn) so that drift in the
-// machine's speed hits all three alike.
+// TypeScript, so the harness files are transpiled into a temp folder under .tmp/ (see
+// test-modules.mjs). The numbers are for comparing the targets on the same machine in the same
+// minutes; pgbench, PostgreSQL and the proxy share the machine's cores.
 //
 // Knobs (environment):
-//   BENCH_SECONDS    seconds per pgbench run (-T)                 default 15
-//   BENCH_TARGETS    comma list of pgwarden,pgbouncer,direct     default all three
-//   BENCH_CLIENTS    comma list of client counts (-c)            default 10,50,200
-//   BENCH_WORKLOADS  comma list of select-only,tpcb-like         default both
-//   BENCH_SCALE      pgbench scale (-s)                           default 10
-//   BENCH_POOL_SIZE  server connections per pool                  default 10
-//   BENCH_JOBS       pgbench threads (-j)                         default 2
-//   BENCH_PROTOCOL   simple | extended (-M)                       default simple
-//   BENCH_JSON       also write the results to this file as JSON
-import { rmSync, writeFileSync } from "node:fs";
+//   BENCH_SECONDS          seconds per standard pgbench run (-T)                default 15
+//   BENCH_TARGETS          comma list of pgwarden, pgbouncer-latest, pgbouncer-system, direct
+//                          (pgbouncer = both PgBouncers)                        default all
+//   BENCH_WORKLOADS        comma list of select-only, tpcb-like; none = no standard rows
+//                                                                               default both
+//   BENCH_CLIENTS          comma list of client counts (-c)                     default 50
+//   BENCH_PROTOCOL         comma list of simple, extended, prepared (-M)        default simple
+//   BENCH_JOBS             pgbench threads (-j), but see prepared above         default 2
+//   BENCH_ROUNDS           times the standard matrix is run                     default 1
+//   BENCH_SCALE            pgbench scale (-s)                                   default 10
+//   BENCH_POOL_SIZE        server connections per pool                          default 10
+//   BENCH_RESTART          1 = restart rows, 0 = none                           default 1
+//   BENCH_RESTART_SECONDS  -T of the restart rows                               default 30
+//   BENCH_RESTART_DOWN_MS  extra time the server stays down                     default 0
+//   BENCH_JSON             also write config, machine, every run and the tables to this file
+//   PGBOUNCER_LATEST_BIN   pgbouncer-latest's binary, else .tmp/pgbouncer-latest/bin/pgbouncer
+//                          in this repository; without one the target is skipped (build it with
+//                          `bash ../shared/tools/build-pgbouncer.sh <pgbouncer git dir>` from
+//                          the repository root)
+//   PGBOUNCER_BIN          pgbouncer-system's binary, else /usr/sbin/pgbouncer, else PATH
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { transpileTestSupport } from "./test-modules.mjs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { ROOT, transpileTestSupport } from "./test-modules.mjs";
 
 const PASSWORD = "bench-password";
+const TARGETS = ["pgwarden", "pgbouncer-latest", "pgbouncer-system", "direct"];
+const WORKLOADS = ["select-only", "tpcb-like"];
+const PROTOCOLS = ["simple", "extended", "prepared"];
+const RESTART_CLIENTS = 20;
 
 function env(name, fallback) {
   const v = process.env[name];
-  return v === undefined || v === "" ? fallback : v;
+  return v === undefined || v.trim() === "" ? fallback : v.trim();
 }
 
-const cfg = {
-  seconds: Number(env("BENCH_SECONDS", "15")),
-  targets: env("BENCH_TARGETS", "pgwarden,pgbouncer,direct")
+function list(name, fallback, allowed) {
+  const items = env(name, fallback)
     .split(",")
     .map((s) => s.trim())
-    .filter(Boolean),
-  clients: env("BENCH_CLIENTS", "10,50,200").split(",").map(Number),
-  workloads: env("BENCH_WORKLOADS", "select-only,tpcb-like")
-    .split(",")
-    .map((s) => s.trim())
-    .filter(Boolean),
-  scale: Number(env("BENCH_SCALE", "10")),
-  poolSize: Number(env("BENCH_POOL_SIZE", "10")),
-  jobs: Number(env("BENCH_JOBS", "2")),
-  protocol: env("BENCH_PROTOCOL", "simple"),
-  json: env("BENCH_JSON", ""),
-};
+    .filter(Boolean);
+  for (const i of items)
+    if (allowed && !allowed.includes(i))
+      throw new Error(`${name}: unknown value ${i} (one of ${allowed.join(", ")})`);
+  return items;
+}
 
-for (const t of cfg.targets) {
-  if (!["pgwarden", "pgbouncer", "direct"].includes(t))
-    throw new Error(`BENCH_TARGETS: unknown target ${t}`);
+function positive(name, fallback, { zero = false } = {}) {
+  const n = Number(env(name, String(fallback)));
+  if (!Number.isInteger(n) || n < (zero ? 0 : 1))
+    throw new Error(`${name}: expected a ${zero ? "non-negative" : "positive"} integer`);
+  return n;
 }
-for (const w of cfg.workloads) {
-  if (!["select-only", "tpcb-like"].includes(w))
-    throw new Error(`BENCH_WORKLOADS: unknown workload ${w}`);
+
+function readConfig() {
+  return {
+    seconds: positive("BENCH_SECONDS", 15),
+    targets: [
+      ...new Set(
+        list("BENCH_TARGETS", TARGETS.join(","), [...TARGETS, "pgbouncer"]).flatMap((t) =>
+          t === "pgbouncer" ? ["pgbouncer-latest", "pgbouncer-system"] : [t],
+        ),
+      ),
+    ],
+    workloads:
+      env("BENCH_WORKLOADS", "") === "none"
+        ? []
+        : list("BENCH_WORKLOADS", WORKLOADS.join(","), WORKLOADS),
+    clients: list("BENCH_CLIENTS", "50").map((c) => {
+      const n = Number(c);
+      if (!Number.isInteger(n) || n < 1) throw new Error(`BENCH_CLIENTS: bad count ${c}`);
+      return n;
+    }),
+    protocols: list("BENCH_PROTOCOL", "simple", PROTOCOLS),
+    jobs: positive("BENCH_JOBS", 2),
+    rounds: positive("BENCH_ROUNDS", 1),
+    scale: positive("BENCH_SCALE", 10),
+    poolSize: positive("BENCH_POOL_SIZE", 10),
+    restart: env("BENCH_RESTART", "1") !== "0",
+    restartSeconds: positive("BENCH_RESTART_SECONDS", 30),
+    restartDownMs: positive("BENCH_RESTART_DOWN_MS", 0, { zero: true }),
+    json: env("BENCH_JSON", ""),
+  };
 }
+
+let cfg;
+try {
+  cfg = readConfig();
+} catch (err) {
+  process.stderr.write(`bench: ${err.message}\n`);
+  process.exit(2);
+}
+
+function log(msg) {
+  process.stderr.write(`[bench] ${msg}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time of a process tree, from /proc
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** pid → { ppid, user, sys } (clock ticks; reaped children's time included) of every process. */
+function procTable() {
+  const table = new Map();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat;
+    try {
+      stat = readFileSync(`/proc/${name}/stat`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    // after "pid (comm) ": state ppid … utime stime cutime cstime are stat fields 3, 4, 14-17
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    table.set(Number(name), {
+      ppid: Number(f[1]),
+      user: Number(f[11]) + Number(f[13]),
+      sys: Number(f[12]) + Number(f[14]),
+    });
+  }
+  return table;
+}
+
+/** { at, user, sys } (ms, µs, µs) of `pid` and all its descendants; undefined when it is gone. */
+function treeCpu(pid) {
+  if (pid === undefined || !existsSync("/proc/self/stat")) return undefined;
+  const table = procTable();
+  if (!table.has(pid)) return undefined;
+  const children = new Map();
+  for (const [p, e] of table) {
+    const kids = children.get(e.ppid) ?? [];
+    kids.push(p);
+    children.set(e.ppid, kids);
+  }
+  let user = 0;
+  let sys = 0;
+  for (const stack = [pid]; stack.length > 0; ) {
+    const p = stack.pop();
+    const e = table.get(p);
+    if (!e) continue;
+    user += e.user;
+    sys += e.sys;
+    stack.push(...(children.get(p) ?? []));
+  }
+  return { at: Date.now(), user: (user * 1e6) / CLK_TCK, sys: (sys * 1e6) / CLK_TCK };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+
+/** pgbouncer-latest's binary: PGBOUNCER_LATEST_BIN, else .tmp/pgbouncer-latest/bin/pgbouncer. */
+function latestPgbouncerBin() {
+  const fromEnv = env("PGBOUNCER_LATEST_BIN", "");
+  if (fromEnv) {
+    if (!existsSync(fromEnv)) throw new Error(`PGBOUNCER_LATEST_BIN=${fromEnv} does not exist`);
+    return fromEnv;
+  }
+  const local = join(ROOT, ".tmp", "pgbouncer-latest", "bin", "pgbouncer");
+  return existsSync(local) ? local : undefined;
+}
+
+/**
+ * Starts the targets of cfg.targets that can run here. Returns { targets, notes }: each target
+ * is { key, name, host, port, pid?, bin?, version? }; notes say why a target was skipped.
+ */
+async function startTargets(h, cluster, started) {
+  const targets = [];
+  const notes = [];
+  const bouncer = async (key, bin, version, settings) => {
+    const pb = await h.pgbouncer.startPgbouncer({
+      bin,
+      databases: { bench: `host=${cluster.host} port=${cluster.port} dbname=bench` },
+      users: [{ name: "bench", password: PASSWORD }],
+      settings: {
+        pool_mode: "transaction",
+        default_pool_size: cfg.poolSize,
+        auth_type: "scram-sha-256",
+        ...settings,
+      },
+    });
+    started.push(pb);
+    const name = `pgbouncer-${version}`;
+    const taken = targets.some((t) => t.name === name);
+    targets.push({
+      key,
+      name: taken ? `${name}-${key.slice("pgbouncer-".length)}` : name,
+      host: pb.host,
+      port: pb.port,
+      pid: pb.proc.pid,
+      bin,
+      version,
+    });
+  };
+  for (const key of cfg.targets) {
+    if (key === "pgwarden") {
+      log("starting pgwarden");
+      const pw = await h.pgwarden.startPgwarden({
+        general: {
+          pooler_mode: "transaction",
+          default_pool_size: cfg.poolSize,
+          checkout_timeout: 120_000,
+        },
+        databases: [
+          { name: "bench", host: cluster.host, port: cluster.port, database_name: "bench" },
+        ],
+        users: [
+          {
+            name: "bench",
+            database: "bench",
+            password: PASSWORD,
+            server_password: PASSWORD,
+            pool_size: cfg.poolSize,
+          },
+        ],
+      });
+      started.push(pw);
+      targets.push({ key, name: "pgwarden", host: pw.host, port: pw.port, pid: pw.proc.pid });
+    } else if (key === "pgbouncer-latest") {
+      const bin = latestPgbouncerBin();
+      const version = bin && h.pgbouncer.pgbouncerVersion(bin);
+      if (!bin || !version) {
+        notes.push(
+          `pgbouncer-latest skipped: ${bin ? `${bin} --version failed` : "no binary"}. Build PgBouncer from its git repository with \`bash ../shared/tools/build-pgbouncer.sh <pgbouncer git dir>\` run from the repository root (it writes .tmp/pgbouncer-latest/bin/pgbouncer), or set PGBOUNCER_LATEST_BIN.`,
+        );
+        continue;
+      }
+      log(`starting PgBouncer ${version} (${bin})`);
+      await bouncer(key, bin, version, { max_prepared_statements: 200 });
+    } else if (key === "pgbouncer-system") {
+      const bin = h.pgbouncer.pgbouncerBin();
+      const version = h.pgbouncer.pgbouncerVersion(bin);
+      if (!version) {
+        notes.push(
+          `pgbouncer-system skipped: ${bin} does not run (apt-get install pgbouncer, or set PGBOUNCER_BIN).`,
+        );
+        continue;
+      }
+      log(`starting PgBouncer ${version} (${bin})`);
+      await bouncer(key, bin, version, {});
+    } else if (key === "direct") {
+      targets.push({ key, name: "direct", host: cluster.host, port: cluster.port });
+    }
+  }
+  return { targets, notes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// One pgbench run
+
+/**
+ * Runs pgbench against `target` and returns its row: the run's parameters, pgbench's numbers
+ * (tps, processed, failed, latencyAvgMs), aborted clients (and the first abort message), the
+ * proxy's CPU (userUs, sysUs, cpuUsPerTxn, …), progress lines' zero-tps seconds when `-P 1`
+ * was given, and `error` when pgbench printed no summary. `during(elapsed)` runs alongside.
+ */
+async function pgbench(h, target, run, during) {
+  const args = [
+    "-n",
+    "-c",
+    String(run.clients),
+    "-j",
+    String(run.jobs),
+    "-T",
+    String(run.seconds),
+    "-M",
+    run.protocol,
+    ...(run.workload === "select-only" ? ["-S"] : []),
+    ...(run.progress ? ["-P", "1"] : []),
+    "-h",
+    target.host,
+    "-p",
+    String(target.port),
+    "-U",
+    "bench",
+    "bench",
+  ];
+  const before = treeCpu(target.pid);
+  const startedAt = Date.now();
+  const running = h.clients.runPgbench(args, {
+    env: { PGPASSWORD: PASSWORD },
+    timeoutMs: run.seconds * 1000 + 150_000,
+  });
+  const extra = during ? await during() : {};
+  const r = await running;
+  const finished = Date.now();
+  const after = treeCpu(target.pid);
+
+  const row = {
+    ...run,
+    target: target.name,
+    command: `pgbench ${args.slice(0, args.indexOf("-h")).join(" ")}`,
+    exit: r.code,
+    tps: Number.NaN,
+    processed: 0,
+    failed: 0,
+    ...extra,
+  };
+  try {
+    Object.assign(row, h.clients.parsePgbench(r.stdout));
+  } catch {
+    // pgbench 15 prints no tps when no transaction completed, e.g. when its clients' logins
+    // took all of -T on a busy machine
+    const none = /number of transactions actually processed: 0\b/.test(r.stdout);
+    const last = r.stderr.trim().split("\n").pop() ?? "";
+    row.error = none
+      ? "no transaction processed"
+      : (last || `exit ${r.code}, no summary`).replace(/^pgbench: (error|fatal): /, "");
+    row.output = r.stdout.slice(-2000);
+  }
+  const problems = h.clients.parsePgbenchProblems(r.stderr);
+  row.aborted = problems.abortedClients;
+  row.errorsLogged = problems.errors.length;
+  row.abortReasons = countReasons(problems.aborts);
+  row.errorReasons = countReasons(problems.errors);
+  if (problems.aborts.length || problems.errors.length || row.error)
+    row.stderr = r.stderr.slice(0, 20_000); // for BENCH_JSON
+  if (run.progress) {
+    const intervals = [...r.stderr.matchAll(/progress: [\d.]+ s, ([\d.]+) tps/g)];
+    row.zeroTpsSeconds = intervals.filter((m) => Number(m[1]) === 0).length;
+  }
+  row.wallSeconds = (finished - startedAt) / 1000;
+  if (before && after) {
+    row.userUs = after.user - before.user;
+    row.sysUs = after.sys - before.sys;
+    row.cpuPercent = ((row.userUs + row.sysUs) / ((after.at - before.at) * 1000)) * 100;
+    if (row.processed > 0) {
+      row.userUsPerTxn = row.userUs / row.processed;
+      row.sysUsPerTxn = row.sysUs / row.processed;
+      row.cpuUsPerTxn = row.userUsPerTxn + row.sysUsPerTxn;
+    }
+  }
+  return row;
+}
+
+/**
+ * { reason: count } of pgbench's abort or error lines, the reason being the message without
+ * the client and command numbers ("FATAL: terminating connection due to administrator command").
+ */
+function countReasons(lines, into = {}) {
+  for (const line of lines) {
+    const reason = line
+      .replace(
+        /^client \d+ (script \d+ )?aborted in command \d+ (query \d+: |\(\w+\) of script \d+; )?/,
+        "",
+      )
+      .replace(/\s+/g, " ");
+    into[reason] = (into[reason] ?? 0) + 1;
+  }
+  return into;
+}
+
+function mergeReasons(rows, key) {
+  const out = {};
+  for (const r of rows) for (const [k, n] of Object.entries(r[key])) out[k] = (out[k] ?? 0) + n;
+  return out;
+}
+
+function describe(row) {
+  const cpu =
+    row.cpuUsPerTxn === undefined
+      ? ""
+      : `, ${fmt(row.cpuUsPerTxn, 1)} µs/txn (${fmt(row.userUsPerTxn, 1)} user, ${fmt(row.sysUsPerTxn, 1)} sys)`;
+  return `${fmt(row.tps)} tps${cpu}, failed ${row.failed}, aborted ${row.aborted}${row.errorsLogged ? `, ${row.errorsLogged} errors logged` : ""}${row.error ? ` (${row.error})` : ""}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables
+
+function fmt(n, digits = 0) {
+  return typeof n === "number" && Number.isFinite(n) ? n.toFixed(digits) : "-";
+}
+
+function median(values) {
+  const v = values.filter((x) => typeof x === "number" && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+function table(header, body) {
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells) => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(" | ")} |`;
+  return [
+    line(header),
+    `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`,
+    ...body.map(line),
+  ].join("\n");
+}
+
+/** One summary per (workload, protocol, clients, target) over the rounds, with the ratios. */
+function summarize(runs, targets, reference) {
+  const cells = new Map();
+  for (const r of runs) {
+    const key = [r.workload, r.protocol, r.clients, r.target].join("\t");
+    const cell = cells.get(key) ?? [];
+    cell.push(r);
+    cells.set(key, cell);
+  }
+  const rows = [];
+  for (const cell of cells.values()) {
+    const first = cell[0];
+    const error = cell.find((r) => r.error)?.error;
+    rows.push({
+      workload: first.workload,
+      protocol: first.protocol,
+      clients: first.clients,
+      jobs: first.jobs,
+      target: first.target,
+      runs: cell.length,
+      tps: median(cell.map((r) => r.tps)),
+      cpuUsPerTxn: median(cell.map((r) => r.cpuUsPerTxn)),
+      userUsPerTxn: median(cell.map((r) => r.userUsPerTxn)),
+      sysUsPerTxn: median(cell.map((r) => r.sysUsPerTxn)),
+      cpuPercent: median(cell.map((r) => r.cpuPercent)),
+      failed: cell.reduce((s, r) => s + r.failed, 0),
+      aborted: cell.reduce((s, r) => s + r.aborted, 0),
+      errorsLogged: cell.reduce((s, r) => s + r.errorsLogged, 0),
+      ...(error ? { error } : {}),
+      abortReasons: mergeReasons(cell, "abortReasons"),
+      errorReasons: mergeReasons(cell, "errorReasons"),
+    });
+  }
+  const order = (r) => [
+    WORKLOADS.indexOf(r.workload),
+    PROTOCOLS.indexOf(r.protocol),
+    r.clients,
+    targets.findIndex((t) => t.name === r.target),
+  ];
+  rows.sort((a, b) => {
+    const x = order(a);
+    const y = order(b);
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return x[i] - y[i];
+    return 0;
+  });
+  if (reference) {
+    for (const pw of rows.filter((r) => r.target === "pgwarden")) {
+      const pb = rows.find(
+        (r) =>
+          r.target === reference &&
+          r.workload === pw.workload &&
+          r.protocol === pw.protocol &&
+          r.clients === pw.clients,
+      );
+      if (!pb) continue;
+      pw.tpsRatio = pw.tps / pb.tps;
+      pw.cpuRatio = pw.cpuUsPerTxn / pb.cpuUsPerTxn;
+    }
+  }
+  return rows;
+}
+
+function standardTable(rows, reference) {
+  const ref = reference ?? "pgbouncer";
+  return table(
+    [
+      "workload",
+      "protocol",
+      "clients",
+      "-j",
+      "target",
+      "TPS",
+      "µs/txn",
+      "user",
+      "sys",
+      "cpu %",
+      "failed",
+      "aborted",
+      "errors logged",
+      `TPS pgwarden/${ref}`,
+      `µs/txn pgwarden/${ref}`,
+    ],
+    rows.map((r) => [
+      r.workload,
+      r.protocol,
+      String(r.clients),
+      String(r.jobs),
+      r.target,
+      r.error && !Number.isFinite(r.tps) ? "error" : fmt(r.tps),
+      fmt(r.cpuUsPerTxn, 1),
+      fmt(r.userUsPerTxn, 1),
+      fmt(r.sysUsPerTxn, 1),
+      fmt(r.cpuPercent),
+      String(r.failed),
+      String(r.aborted),
+      String(r.errorsLogged),
+      r.tpsRatio === undefined ? "" : fmt(r.tpsRatio, 2),
+      r.cpuRatio === undefined ? "" : fmt(r.cpuRatio, 2),
+    ]),
+  );
+}
+
+function restartTable(rows) {
+  return table(
+    ["target", "TPS", "txns", "wall s", "µs/txn", "failed", "aborted", "zero-tps s", "restart ms"],
+    rows.map((r) => [
+      r.target,
+      r.error && !Number.isFinite(r.tps) ? "error" : fmt(r.tps),
+      String(r.processed),
+      fmt(r.wallSeconds, 1),
+      fmt(r.cpuUsPerTxn, 1),
+      String(r.failed),
+      String(r.aborted),
+      fmt(r.zeroTpsSeconds),
+      fmt(r.restartMs),
+    ]),
+  );
+}
+
+/** For each row that has them: its error, and its aborts and logged errors by reason. */
+function problems(rows, label) {
+  const out = [];
+  const reasons = (counts) =>
+    Object.entries(counts)
+      .map(([reason, n]) => `${n} × ${reason}`)
+      .join("; ");
+  for (const r of rows) {
+    if (r.error) out.push(`  ${label(r)}: ${r.error}`);
+    if (Object.keys(r.abortReasons).length)
+      out.push(`  ${label(r)}: aborted: ${reasons(r.abortReasons)}`);
+    if (Object.keys(r.errorReasons).length)
+      out.push(`  ${label(r)}: errors logged: ${reasons(r.errorReasons)}`);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /** The test harness modules the bench needs (see test-modules.mjs). */
 async function loadHarness() {
@@ -68,31 +603,28 @@ async function loadHarness() {
   return { out, postgres, pgwarden, pgbouncer, clients };
 }
 
-function log(msg) {
-  process.stderr.write(`[bench] ${msg}\n`);
-}
-
-function fmt(n, digits = 0) {
-  return Number.isFinite(n) ? n.toFixed(digits) : "-";
-}
-
-function table(rows) {
-  const header = ["workload", "clients", "target", "TPS", "failed", "pgwarden/PgBouncer"];
-  const body = rows.map((r) => [
-    r.workload,
-    String(r.clients),
-    r.target,
-    fmt(r.tps),
-    r.error ? `error: ${r.error}` : String(r.failed),
-    r.ratio === undefined ? "" : fmt(r.ratio, 2),
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cells) => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(" | ")} |`;
-  return [
-    line(header),
-    `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`,
-    ...body.map(line),
-  ].join("\n");
+function machine(h) {
+  const cpus = os.cpus();
+  const pg = execFileSync(join(h.postgres.pgBinDir(), "postgres"), ["--version"], {
+    encoding: "utf8",
+  }).trim();
+  let commit = "unknown";
+  try {
+    commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], {
+      cwd: ROOT,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
+  } catch {
+    // not a git checkout
+  }
+  return {
+    pgwardenCommit: commit,
+    postgres: pg,
+    node: process.version,
+    cpus: `${cpus.length} x ${cpus[0]?.model ?? "cpu"}`,
+    clockTicks: CLK_TCK,
+  };
 }
 
 async function main() {
@@ -103,11 +635,13 @@ async function main() {
     rmSync(h.out, { recursive: true, force: true });
   };
   try {
-    const maxClients = Math.max(...cfg.clients);
+    const info = machine(h);
+    info.loadStart = os.loadavg().map((l) => l.toFixed(2));
+    const maxClients = Math.max(...cfg.clients, RESTART_CLIENTS);
     log(`starting PostgreSQL (${h.postgres.pgBinDir()})`);
     const cluster = await h.postgres.startPostgres({
       settings: {
-        max_connections: String(Math.max(300, maxClients + 20)),
+        max_connections: String(Math.max(300, maxClients + 4 * cfg.poolSize + 20)),
         shared_buffers: "256MB",
       },
     });
@@ -133,117 +667,129 @@ async function main() {
     );
     if (init.code !== 0) throw new Error(`pgbench -i failed:\n${init.stderr}`);
 
-    const endpoints = {};
-    if (cfg.targets.includes("pgwarden")) {
-      log("starting pgwarden");
-      const pw = await h.pgwarden.startPgwarden({
-        general: {
-          pooler_mode: "transaction",
-          default_pool_size: cfg.poolSize,
-          checkout_timeout: 120_000,
-        },
-        databases: [
-          { name: "bench", host: cluster.host, port: cluster.port, database_name: "bench" },
-        ],
-        users: [
-          {
-            name: "bench",
-            database: "bench",
-            password: PASSWORD,
-            server_password: PASSWORD,
-            pool_size: cfg.poolSize,
-          },
-        ],
-      });
-      started.push(pw);
-      endpoints.pgwarden = { host: pw.host, port: pw.port };
-    }
-    if (cfg.targets.includes("pgbouncer")) {
-      log("starting PgBouncer");
-      const pb = await h.pgbouncer.startPgbouncer({
-        databases: { bench: `host=${cluster.host} port=${cluster.port} dbname=bench` },
-        users: [{ name: "bench", password: PASSWORD }],
-        settings: {
-          pool_mode: "transaction",
-          default_pool_size: cfg.poolSize,
-          auth_type: "scram-sha-256",
-        },
-      });
-      started.push(pb);
-      endpoints.pgbouncer = { host: pb.host, port: pb.port };
-    }
-    if (cfg.targets.includes("direct"))
-      endpoints.direct = { host: cluster.host, port: cluster.port };
+    const { targets, notes } = await startTargets(h, cluster, started);
+    for (const n of notes) log(n);
+    const reference = targets.find((t) => t.key === "pgbouncer-latest")?.name;
 
-    const rows = [];
-    for (const workload of cfg.workloads) {
-      for (const clients of cfg.clients) {
-        for (const target of ["pgwarden", "pgbouncer", "direct"]) {
-          const ep = endpoints[target];
-          if (!ep) continue;
-          const args = [
-            "-n",
-            "-c",
-            String(clients),
-            "-j",
-            String(Math.min(cfg.jobs, clients)),
-            "-T",
-            String(cfg.seconds),
-            "-M",
-            cfg.protocol,
-            ...(workload === "select-only" ? ["-S"] : []),
-            "-h",
-            ep.host,
-            "-p",
-            String(ep.port),
-            "-U",
-            "bench",
-            "bench",
-          ];
-          const r = await h.clients.runPgbench(args, {
-            env: { PGPASSWORD: PASSWORD },
-            timeoutMs: cfg.seconds * 1000 + 180_000,
-          });
-          const row = {
-            workload,
-            clients,
-            target,
-            tps: Number.NaN,
-            failed: Number.NaN,
-            code: r.code,
-          };
-          try {
-            Object.assign(row, h.clients.parsePgbench(r.stdout));
-          } catch {
-            row.error = (r.stderr.trim().split("\n").pop() ?? "no output").slice(0, 80);
+    // standard rows, interleaved
+    const runs = [];
+    for (let round = 1; round <= cfg.rounds; round++) {
+      const order = round % 2 ? targets : [...targets].reverse();
+      for (const workload of cfg.workloads) {
+        for (const clients of cfg.clients) {
+          for (const protocol of cfg.protocols) {
+            const jobs =
+              protocol === "prepared" && clients > cfg.poolSize
+                ? clients
+                : Math.min(cfg.jobs, clients);
+            for (const target of order) {
+              const row = await pgbench(h, target, {
+                round,
+                workload,
+                protocol,
+                clients,
+                jobs,
+                seconds: cfg.seconds,
+              });
+              runs.push(row);
+              log(
+                `${cfg.rounds > 1 ? `round ${round} ` : ""}${workload} -M ${protocol} -c ${clients} -j ${jobs} ${target.name}: ${describe(row)}`,
+              );
+            }
           }
-          if (r.code !== 0 && !row.error)
-            row.error = `exit ${r.code}: ${r.stderr.trim().split("\n").pop() ?? ""}`.slice(0, 80);
-          rows.push(row);
-          log(
-            `${workload} c=${clients} ${target}: ${fmt(row.tps)} tps, failed ${row.failed}${row.error ? ` (${row.error})` : ""}`,
-          );
         }
-        const pw = rows.find(
-          (r) => r.workload === workload && r.clients === clients && r.target === "pgwarden",
-        );
-        const pb = rows.find(
-          (r) => r.workload === workload && r.clients === clients && r.target === "pgbouncer",
-        );
-        if (pw && pb) pw.ratio = pw.tps / pb.tps;
       }
     }
+    const standard = summarize(runs, targets, reference);
 
-    const cpus = os.cpus();
-    const versions = `${h.postgres.pgBinDir()}; node ${process.version}; ${cpus.length} x ${cpus[0]?.model ?? "cpu"}`;
-    process.stdout.write(
-      `\npgbench -M ${cfg.protocol} -j ${cfg.jobs} -T ${cfg.seconds}, scale ${cfg.scale}, pool size ${cfg.poolSize}, transaction mode, SCRAM logins\n` +
-        `${versions}\n\n${table(rows)}\n`,
+    // restart rows
+    const restart = [];
+    if (cfg.restart) {
+      for (const target of targets.filter((t) => t.key !== "direct")) {
+        log(
+          `restart row ${target.name}: ${cfg.restartSeconds} s, restart after ${cfg.restartSeconds / 2} s`,
+        );
+        const row = await pgbench(
+          h,
+          target,
+          {
+            workload: "tpcb-like",
+            protocol: "simple",
+            clients: RESTART_CLIENTS,
+            jobs: Math.min(cfg.jobs, RESTART_CLIENTS),
+            seconds: cfg.restartSeconds,
+            progress: true,
+          },
+          async () => {
+            await sleep((cfg.restartSeconds * 1000) / 2);
+            const t0 = Date.now();
+            await cluster.restart({ downMs: cfg.restartDownMs });
+            return { restartMs: Date.now() - t0 };
+          },
+        );
+        restart.push(row);
+        log(`restart row ${target.name}: ${describe(row)}, restart took ${row.restartMs} ms`);
+      }
+    }
+    info.loadEnd = os.loadavg().map((l) => l.toFixed(2));
+
+    // report
+    const out = [];
+    const versions = targets
+      .filter((t) => t.version)
+      .map((t) => `${t.name}: ${t.bin}`)
+      .join("; ");
+    out.push(
+      "",
+      `${info.postgres}; node ${info.node}; ${info.cpus}; pgwarden ${info.pgwardenCommit}${versions ? `; ${versions}` : ""}`,
+      `load average ${info.loadStart.join(" ")} at the start, ${info.loadEnd.join(" ")} at the end`,
     );
+    if (standard.length > 0) {
+      out.push(
+        "",
+        `pgbench -T ${cfg.seconds}, scale ${cfg.scale}, pool size ${cfg.poolSize}, transaction mode, SCRAM logins; targets interleaved` +
+          (cfg.rounds > 1
+            ? `, ${cfg.rounds} rounds (TPS and CPU: medians; failed, aborted: totals)`
+            : ""),
+        "µs/txn: proxy CPU (user + sys) per transaction; cpu %: proxy CPU over the run (100 = one core)",
+        "",
+        standardTable(standard, reference),
+      );
+      const p = problems(
+        standard,
+        (r) => `${r.workload} -M ${r.protocol} -c ${r.clients} ${r.target}`,
+      );
+      if (p.length) out.push("", "pgbench errors:", ...p);
+    }
+    if (restart.length > 0) {
+      out.push(
+        "",
+        `restart: tpcb-like pgbench -c ${RESTART_CLIENTS} -j ${Math.min(cfg.jobs, RESTART_CLIENTS)} -T ${cfg.restartSeconds} -M simple, PostgreSQL restarted (fast shutdown${cfg.restartDownMs ? `, ${cfg.restartDownMs} ms down` : ""}) after ${cfg.restartSeconds / 2} s`,
+        "",
+        restartTable(restart),
+      );
+      const p = problems(restart, (r) => r.target);
+      if (p.length) out.push("", "pgbench errors:", ...p);
+    }
+    if (notes.length) out.push("", ...notes);
+    process.stdout.write(`${out.join("\n")}\n`);
+
     if (cfg.json)
       writeFileSync(
         cfg.json,
-        `${JSON.stringify({ config: cfg, machine: versions, rows }, null, 2)}\n`,
+        `${JSON.stringify(
+          {
+            config: cfg,
+            machine: info,
+            targets: targets.map(({ key, name, bin, version }) => ({ key, name, bin, version })),
+            notes,
+            standard,
+            restart,
+            runs,
+          },
+          null,
+          2,
+        )}\n`,
       );
   } finally {
     await stopAll();

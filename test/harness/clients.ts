@@ -134,3 +134,54 @@ export function parsePgbench(stdout: string): PgbenchStats {
   if (latency?.[1]) stats.latencyAvgMs = Number(latency[1]);
   return stats;
 }
+
+export interface PgbenchProblems {
+  /** How many distinct clients pgbench reported as aborted. */
+  abortedClients: number;
+  /** Its abort lines ("client N aborted …"), without the "pgbench: error: " prefix. */
+  aborts: string[];
+  /**
+   * Its other error lines, logged without aborting a client: with -M prepared, pgbench 15
+   * logs a failed Parse ("prepared statement … already exists") and goes on.
+   */
+  errors: string[];
+}
+
+/**
+ * Reads pgbench's stderr for clients it aborted, "client N aborted in command M (SQL) of script
+ * S; <message>", "client N script S aborted in command M query Q: <message>", "client N aborted
+ * while establishing connection", … (a client counted once; pgbench then exits with code 2, its
+ * summary still on stdout), and for the errors it logged without aborting a client.
+ *
+ * pgbench's threads share stderr and write a message's "pgbench: ", "error: " and text apart, so
+ * with many threads the prefixes of several messages can land on one line ("pgbench:pgbench:
+ * error: ERROR:  …" and then " error: ERROR:  …"). Each text is whole, though: an abort line, a
+ * server error ("ERROR:  …", "FATAL:  …") or another text after "pgbench: error: "; "Run was
+ * aborted; …" (it only says that a client was) and -P progress lines are left out.
+ */
+export function parsePgbenchProblems(stderr: string): PgbenchProblems {
+  const ids = new Set<string>();
+  const aborts: string[] = [];
+  const errors: string[] = [];
+  for (const line of stderr.split("\n")) {
+    const abort = /\bclient (\d+) (?:script \d+ )?aborted\b.*/.exec(line);
+    const serverError = /\b(?:ERROR|FATAL|PANIC):\s.*/.exec(line);
+    const text = line
+      .replace(/pgbench:\s*(?:error:\s*)?/g, "")
+      .replace(/^\s*error:\s*/, "")
+      .trim();
+    if (abort) {
+      ids.add(abort[1] ?? "");
+      aborts.push(abort[0].trim());
+    } else if (serverError) {
+      errors.push(serverError[0].trim());
+    } else if (
+      line.includes("pgbench: error: ") &&
+      text &&
+      !/^Run was aborted|^progress: /.test(text)
+    ) {
+      errors.push(text);
+    }
+  }
+  return { abortedClients: ids.size, aborts, errors };
+}

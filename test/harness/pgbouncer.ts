@@ -4,7 +4,7 @@
 // passwords, so PgBouncer can run SCRAM both towards clients and towards PostgreSQL), and
 // `pgbouncer <ini>` started on a free loopback port; as root it runs as the server user of
 // procs.ts (PgBouncer refuses root). Ready once its port accepts a TCP connection.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import {
   closeSync,
   existsSync,
@@ -24,9 +24,13 @@ export interface StartPgbouncerOptions {
   databases: Record<string, string>;
   /** Users of the auth_file, with plain passwords. */
   users: Array<{ name: string; password: string }>;
-  /** [pgbouncer] settings over the defaults (pool_mode transaction, auth_type scram-sha-256, …). */
+  /**
+   * [pgbouncer] settings over the defaults (pool_mode transaction, auth_type scram-sha-256, …),
+   * written as given: settings a release does not know (`max_prepared_statements` before 1.21)
+   * are for the caller to leave out.
+   */
   settings?: Record<string, string | number>;
-  /** PGBOUNCER_BIN, else /usr/sbin/pgbouncer, else pgbouncer on PATH. */
+  /** The binary to run (e.g. a newer PgBouncer built from source); default `pgbouncerBin()`. */
   bin?: string;
 }
 
@@ -39,9 +43,24 @@ export interface Pgbouncer {
   stop(): Promise<void>;
 }
 
+/** PGBOUNCER_BIN, else /usr/sbin/pgbouncer, else pgbouncer on PATH. */
 export function pgbouncerBin(): string {
   if (process.env.PGBOUNCER_BIN) return process.env.PGBOUNCER_BIN;
   return existsSync("/usr/sbin/pgbouncer") ? "/usr/sbin/pgbouncer" : "pgbouncer";
+}
+
+/** The version `bin --version` reports ("1.25.2" of "PgBouncer 1.25.2"); undefined if it cannot run. */
+export function pgbouncerVersion(bin: string = pgbouncerBin()): string | undefined {
+  try {
+    const out = execFileSync(bin, ["--version"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 10_000,
+    });
+    return /PgBouncer\s+(\S+)/i.exec(out)?.[1];
+  } catch {
+    return undefined;
+  }
 }
 
 function quoteUserlist(s: string): string {
