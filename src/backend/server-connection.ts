@@ -73,6 +73,14 @@ export interface ServerSink {
   serverLost(err: Error): void;
 }
 
+/**
+ * State another layer keeps with this connection across leases: the frontend's record of the
+ * prepared statements this server holds. Opaque here; disposed when the connection closes.
+ */
+export interface ServerAttachment {
+  dispose(): void;
+}
+
 const MODE_IDLE = 0;
 const MODE_PROXY = 1;
 const MODE_INTERNAL = 2;
@@ -107,6 +115,8 @@ export class ServerConnection {
   closeReason = "";
   /** Set by RECONNECT: close instead of reuse when next released. */
   markForClose = false;
+  /** Prepared statements held on this server (frontend state, see ServerAttachment). */
+  prepared: ServerAttachment | null = null;
   /** Called once when the connection closes, for its pool. */
   onClose: ((conn: ServerConnection) => void) | null = null;
 

@@ -2,7 +2,14 @@
 // is silent we take pgdog's (pgdog-config/src/general.rs, database.rs, users.rs), so a pgdog
 // config behaves the same here. Values without a pgdog counterpart are marked "ours".
 
-import type { ClientAuthType, GeneralConfig, PoolerMode, ServerAuth, TlsVerify } from "./types.js";
+import type {
+  ClientAuthType,
+  GeneralConfig,
+  PoolerMode,
+  PreparedStatementsMode,
+  ServerAuth,
+  TlsVerify,
+} from "./types.js";
 
 export const GENERAL_DEFAULTS = {
   host: "0.0.0.0",
@@ -31,6 +38,13 @@ export const GENERAL_DEFAULTS = {
   token_refresh_buffer: 45_000,
   token_fetch_timeout: 30_000,
   log_level: "info" as GeneralConfig["log_level"],
+  prepared_statements: "extended" as PreparedStatementsMode,
+  // ours: pgdog has no limit, PgBouncer's max_prepared_statements is 200. Drivers cap their own
+  // per-connection caches at 100 (asyncpg, psycopg) to 256 (pgjdbc), and a server connection
+  // serves the union of its clients' statements, so 200 makes one pgjdbc application re-prepare
+  // in a loop. 500 holds such a working set; on PostgreSQL it costs each backend a few MB of
+  // plan cache at most (a statement is typically a few kB to tens of kB there).
+  prepared_statements_limit: 500,
 } as const;
 
 export const DATABASE_DEFAULTS = { port: 5432 } as const;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { diffConfig, isEmptyDiff, parseConfig } from "./index.js";
+import { diffConfig, isEmptyDiff, parseConfig, RESTART_KEYS } from "./index.js";
 import type { Config } from "./types.js";
 
 const FILES = { config: "pgwarden.toml", users: "users.toml" };
@@ -64,6 +64,18 @@ describe("diffConfig", () => {
     );
     expect(diffConfig(cfg(), next).general).toEqual(["port", "idle_timeout", "log_level"]);
     expect(diffConfig(next, cfg()).general).toEqual(["port", "idle_timeout", "log_level"]);
+  });
+
+  it("reports prepared statement settings as reloadable [general] keys, the alias by its target", () => {
+    const next = cfg(
+      BASE_CONFIG.replace(
+        "idle_timeout = 60000\n",
+        'idle_timeout = 60000\nprepared_statements = "disabled"\nmax_prepared_statements = 50\n',
+      ),
+    );
+    const d = diffConfig(cfg(), next);
+    expect(d.general).toEqual(["prepared_statements", "prepared_statements_limit"]);
+    expect(d.general.filter((k) => RESTART_KEYS.has(k))).toEqual([]);
   });
 
   it("databases added, removed and changed", () => {

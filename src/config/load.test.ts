@@ -68,6 +68,8 @@ describe("defaults", () => {
       token_refresh_buffer: 45_000,
       token_fetch_timeout: 30_000,
       log_level: "info",
+      prepared_statements: "extended",
+      prepared_statements_limit: 500,
     });
   });
 
@@ -147,6 +149,8 @@ max_client_connections = 50
 token_refresh_buffer = 6000
 token_fetch_timeout = 7000
 log_level = "debug"
+prepared_statements = "disabled"
+prepared_statements_limit = 100
 
 [[databases]]
 name = "app"
@@ -205,6 +209,8 @@ server_auth_command = "/bin/get-token"
       tls_server_ca_certificate: "/tls/ca.pem",
       openmetrics_port: 9090,
       log_level: "debug",
+      prepared_statements: "disabled",
+      prepared_statements_limit: 100,
     });
     expect(c.databases[0]).toEqual({
       name: "app",
@@ -380,6 +386,9 @@ describe("wrong types and ranges", () => {
     ["host", "1979-05-27", "expected a non-empty string, got a date"],
     ["openmetrics_port", "0", 'key "openmetrics_port": expected a port number (1-65535), got 0'],
     ["port", '"6432"', 'got "6432" (a string: write numbers without quotes)'],
+    ["prepared_statements", '"full"', 'expected one of "extended", "disabled", got "full"'],
+    ["prepared_statements_limit", "0", "expected a positive integer, got 0"],
+    ["max_prepared_statements", "-1", "expected a non-negative integer, got -1"],
   ])("[general] %s = %s", (key, value, expected) => {
     const p = onlyProblem(parseError(`[general]\n${key} = ${value}\n${CONFIG}`));
     expect(p).toMatchObject({ file: "pgwarden.toml", table: "[general]", key });
@@ -565,6 +574,41 @@ describe("cross-key checks", () => {
       );
       expect(c.general.tls_server_ca_certificate).toBe("ca.pem");
     }
+  });
+
+  it("max_prepared_statements (PgBouncer's name) sets the limit, or 0 turns tracking off", () => {
+    const general = (lines: string) => parse(`[general]\n${lines}\n${CONFIG}`).general;
+    expect(general("max_prepared_statements = 200")).toMatchObject({
+      prepared_statements: "extended",
+      prepared_statements_limit: 200,
+    });
+    expect(general("max_prepared_statements = 0")).toMatchObject({
+      prepared_statements: "disabled",
+      prepared_statements_limit: 500,
+    });
+    expect(general('max_prepared_statements = 0\nprepared_statements = "disabled"')).toMatchObject({
+      prepared_statements: "disabled",
+    });
+    expect(general('max_prepared_statements = 50\nprepared_statements = "disabled"')).toMatchObject(
+      { prepared_statements: "disabled", prepared_statements_limit: 50 },
+    );
+    expect("max_prepared_statements" in general("max_prepared_statements = 50")).toBe(false);
+  });
+
+  it("max_prepared_statements may not contradict prepared_statements(_limit)", () => {
+    const both = onlyProblem(
+      parseError(
+        `[general]\nmax_prepared_statements = 200\nprepared_statements_limit = 300\n${CONFIG}`,
+      ),
+    );
+    expect(both).toMatchObject({ table: "[general]", key: "max_prepared_statements" });
+    expect(both.message).toContain('PgBouncer\'s name for "prepared_statements_limit"');
+    const off = onlyProblem(
+      parseError(
+        `[general]\nmax_prepared_statements = 0\nprepared_statements = "extended"\n${CONFIG}`,
+      ),
+    );
+    expect(off.message).toContain("turns prepared statement tracking off");
   });
 
   it("metrics and clients cannot share a port", () => {

@@ -166,6 +166,7 @@ function buildGeneral(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): Gener
   const g = cfg.data.general ?? {};
   const at = (key: string, text: string) =>
     problems.push(problemAt(cfg.file, cfg.root, ["general", key], text));
+  const prepared = preparedStatementSettings(g, at);
   const general: GeneralConfig = {
     host: g.host ?? GENERAL_DEFAULTS.host,
     port: g.port ?? GENERAL_DEFAULTS.port,
@@ -190,6 +191,8 @@ function buildGeneral(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): Gener
     token_refresh_buffer: g.token_refresh_buffer ?? GENERAL_DEFAULTS.token_refresh_buffer,
     token_fetch_timeout: g.token_fetch_timeout ?? GENERAL_DEFAULTS.token_fetch_timeout,
     log_level: g.log_level ?? GENERAL_DEFAULTS.log_level,
+    prepared_statements: prepared.mode,
+    prepared_statements_limit: prepared.limit,
   };
   if (general.tls_certificate !== undefined && general.tls_private_key === undefined) {
     at("tls_private_key", 'required when "tls_certificate" is set (client TLS needs both)');
@@ -206,6 +209,38 @@ function buildGeneral(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): Gener
     at("openmetrics_port", `must differ from "port" (${general.port})`);
   }
   return general;
+}
+
+/**
+ * `prepared_statements` and `prepared_statements_limit` (pgdog's keys), or PgBouncer's
+ * `max_prepared_statements` for people bringing its value along: a positive number is the
+ * limit, 0 turns tracking off, as in PgBouncer. Saying the same thing twice is an error.
+ */
+function preparedStatementSettings(
+  g: NonNullable<ConfigFile["general"]>,
+  at: (key: string, text: string) => void,
+): { mode: GeneralConfig["prepared_statements"]; limit: number } {
+  const alias = g.max_prepared_statements;
+  let mode = g.prepared_statements ?? GENERAL_DEFAULTS.prepared_statements;
+  let limit = g.prepared_statements_limit ?? GENERAL_DEFAULTS.prepared_statements_limit;
+  if (alias === undefined) return { mode, limit };
+  if (alias === 0) {
+    if (g.prepared_statements === "extended") {
+      at(
+        "max_prepared_statements",
+        'is 0, which turns prepared statement tracking off (PgBouncer\'s meaning), but "prepared_statements" is "extended"; keep one of them',
+      );
+    }
+    mode = "disabled";
+  } else if (g.prepared_statements_limit !== undefined) {
+    at(
+      "max_prepared_statements",
+      'is PgBouncer\'s name for "prepared_statements_limit", which is set too; keep one of them',
+    );
+  } else {
+    limit = alias;
+  }
+  return { mode, limit };
 }
 
 function buildAdmin(a: ConfigFile["admin"]): AdminConfig {

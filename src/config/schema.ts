@@ -34,6 +34,7 @@ export const poolerMode = oneOf(["transaction", "session"]);
 export const clientAuthType = oneOf(["scram", "md5", "plain", "trust"]);
 export const tlsVerify = oneOf(["disabled", "prefer", "verify_ca", "verify_full"]);
 export const logLevel = oneOf(["trace", "debug", "info", "warn", "error", "fatal"]);
+export const preparedStatements = oneOf(["extended", "disabled"]);
 export const serverAuth = oneOf([
   "password",
   "rds_iam",
@@ -76,6 +77,10 @@ export const generalSchema = z
       token_refresh_buffer: duration,
       token_fetch_timeout: positiveDuration,
       log_level: logLevel,
+      prepared_statements: preparedStatements,
+      prepared_statements_limit: positive,
+      // PgBouncer's name for prepared_statements_limit, where 0 turns tracking off.
+      max_prepared_statements: nonNegative,
     },
     table,
   )

@@ -4,6 +4,8 @@
 export type PoolerMode = "transaction" | "session";
 export type ClientAuthType = "scram" | "md5" | "plain" | "trust";
 export type TlsVerify = "disabled" | "prefer" | "verify_ca" | "verify_full";
+/** pgdog's values that pgwarden implements ("extended_anonymous" and "full" are not). */
+export type PreparedStatementsMode = "extended" | "disabled";
 export type ServerAuth =
   | "password"
   | "rds_iam"
@@ -38,6 +40,10 @@ export interface GeneralConfig {
   readonly token_refresh_buffer: number;
   readonly token_fetch_timeout: number;
   readonly log_level: "trace" | "debug" | "info" | "warn" | "error" | "fatal";
+  /** Named prepared statements in transaction pooling: tracked and renamed, or passed through. */
+  readonly prepared_statements: PreparedStatementsMode;
+  /** Most statements kept prepared on one server connection (LRU). */
+  readonly prepared_statements_limit: number;
 }
 
 export interface DatabaseConfig {

@@ -26,8 +26,12 @@ export enum Msg {
   EmptyQueryResponse = 0x49, // I
   ErrorResponse = 0x45, // E
   NoticeResponse = 0x4e, // N
+  NoData = 0x6e, // n
   NotificationResponse = 0x41, // A
+  ParameterDescription = 0x74, // t
   ParameterStatus = 0x53, // S
+  ParseComplete = 0x31, // 1
+  PortalSuspended = 0x73, // s
   ReadyForQuery = 0x5a, // Z
   RowDescription = 0x54, // T
   // frontend → backend

@@ -155,6 +155,21 @@ export function commandComplete(tag: string): Buffer {
 
 export const emptyQueryResponse: Buffer = Buffer.from([Msg.EmptyQueryResponse, 0, 0, 0, 4]);
 
+const empty = (type: number): Buffer => Buffer.from([type, 0, 0, 0, 4]);
+
+export const parseComplete: Buffer = empty(Msg.ParseComplete);
+export const bindComplete: Buffer = empty(Msg.BindComplete);
+export const closeComplete: Buffer = empty(Msg.CloseComplete);
+export const noData: Buffer = empty(Msg.NoData);
+export const portalSuspended: Buffer = empty(Msg.PortalSuspended);
+
+export function parameterDescription(typeOids: readonly number[]): Buffer {
+  const { buf } = withBody(Msg.ParameterDescription, 2 + 4 * typeOids.length);
+  let off = buf.writeInt16BE(typeOids.length, 5);
+  for (const oid of typeOids) off = buf.writeUInt32BE(oid, off);
+  return buf;
+}
+
 // ---- frontend → backend -------------------------------------------------------------------
 
 export function startupMessage(params: Readonly<Record<string, string>>): Buffer {
@@ -210,5 +225,83 @@ export function saslResponse(data: string): Buffer {
 export function query(sql: string): Buffer {
   return cstrings(Msg.Query, [sql]);
 }
+
+// Extended query protocol. Parameters and results are in text format (format code 0).
+
+export function parse(name: string, sql: string, paramTypes: readonly number[] = []): Buffer {
+  const n = Buffer.from(name);
+  const q = Buffer.from(sql);
+  const { buf } = withBody(Msg.Parse, n.length + 1 + q.length + 1 + 2 + 4 * paramTypes.length);
+  let off = 5 + n.copy(buf, 5);
+  buf[off++] = 0;
+  off += q.copy(buf, off);
+  buf[off++] = 0;
+  off = buf.writeInt16BE(paramTypes.length, off);
+  for (const oid of paramTypes) off = buf.writeUInt32BE(oid, off);
+  return buf;
+}
+
+export function bind(
+  portal: string,
+  statement: string,
+  params: ReadonlyArray<string | Buffer | null> = [],
+): Buffer {
+  const p = Buffer.from(portal);
+  const s = Buffer.from(statement);
+  const values = params.map((v) =>
+    v === null ? null : typeof v === "string" ? Buffer.from(v) : v,
+  );
+  let len = p.length + 1 + s.length + 1 + 2 + 2 + 2;
+  for (const v of values) len += 4 + (v ? v.length : 0);
+  const { buf } = withBody(Msg.Bind, len);
+  let off = 5 + p.copy(buf, 5);
+  buf[off++] = 0;
+  off += s.copy(buf, off);
+  buf[off++] = 0;
+  off = buf.writeInt16BE(0, off); // parameter formats: all text
+  off = buf.writeInt16BE(values.length, off);
+  for (const v of values) {
+    if (v === null) {
+      off = buf.writeInt32BE(-1, off);
+    } else {
+      off = buf.writeInt32BE(v.length, off);
+      off += v.copy(buf, off);
+    }
+  }
+  buf.writeInt16BE(0, off); // result formats: all text
+  return buf;
+}
+
+/** Describe or Close target: "S" a prepared statement, "P" a portal. */
+export type StatementOrPortal = "S" | "P";
+
+function targeted(type: number, kind: StatementOrPortal, name: string): Buffer {
+  const n = Buffer.from(name);
+  const { buf } = withBody(type, 1 + n.length + 1);
+  buf[5] = kind.charCodeAt(0);
+  n.copy(buf, 6);
+  buf[6 + n.length] = 0;
+  return buf;
+}
+
+export function describe(kind: StatementOrPortal, name: string): Buffer {
+  return targeted(Msg.Describe, kind, name);
+}
+
+export function close(kind: StatementOrPortal, name: string): Buffer {
+  return targeted(Msg.Close, kind, name);
+}
+
+export function execute(portal = "", maxRows = 0): Buffer {
+  const p = Buffer.from(portal);
+  const { buf } = withBody(Msg.Execute, p.length + 1 + 4);
+  p.copy(buf, 5);
+  buf[5 + p.length] = 0;
+  buf.writeInt32BE(maxRows, 6 + p.length);
+  return buf;
+}
+
+export const sync: Buffer = Buffer.from([Msg.Sync, 0, 0, 0, 4]);
+export const flush: Buffer = Buffer.from([Msg.Flush, 0, 0, 0, 4]);
 
 export const terminate: Buffer = Buffer.from([Msg.Terminate, 0, 0, 0, 4]);
