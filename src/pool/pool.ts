@@ -5,7 +5,9 @@
 // one client through a Lease), or being opened (`connecting` count). Clients that find no idle
 // server wait in a FIFO queue with their own checkout_timeout; every connection that becomes
 // free (released clean, or newly opened) goes to the head waiter first. Capacity is
-// idle + leased + connecting <= pool_size. A failed open rejects the waiter it was opened for
+// idle + leased + connecting <= pool_size. An idle server that closes or says anything is
+// dropped at once (backend closes it), and one that sent bytes after the ReadyForQuery that
+// released it is not reused. A failed open rejects the waiter it was opened for
 // (fail fast with the cause) rather than letting it sit out its timeout. Maintenance (driven by
 // the registry's timer) closes servers past idle_timeout (down to min_pool_size) or past
 // server_lifetime, and refills to min_pool_size with exponential backoff after failures.
@@ -162,15 +164,18 @@ export class Pool {
     if (
       !clean ||
       server.closed ||
+      server.moreAfterReady ||
       this.draining ||
       oversize ||
       server.ageMs > this.settings.serverLifetime
     ) {
       this.discard(
         server,
-        clean
-          ? "released"
-          : "released unclean (client left mid-transaction or server state unknown)",
+        !clean
+          ? "released unclean (client left mid-transaction or server state unknown)"
+          : server.moreAfterReady
+            ? "server sent data nobody asked for after ReadyForQuery"
+            : "released",
       );
       this.afterLoss();
       return;
@@ -358,6 +363,11 @@ export class Pool {
 
   /** Gives a free server to the head waiter, or puts it on the idle stack. */
   private handOut(server: ServerConnection): void {
+    if (server.closed) {
+      // It died between release and now (e.g. during DISCARD ALL's round trip).
+      this.afterLoss();
+      return;
+    }
     if (server.markForClose) {
       this.discard(server, "reconnect requested");
       this.afterLoss();
