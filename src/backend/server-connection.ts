@@ -353,10 +353,17 @@ export class ServerConnection {
   private idleData(data: Buffer): void {
     // An idle server only speaks before it goes away (FATAL on termination) or for async
     // notices; either way it is not fit for the next client.
-    const what =
-      data[0] === Msg.ErrorResponse && data.length >= 5 && data.readInt32BE(1) + 1 <= data.length
-        ? describeError(data.subarray(5, 1 + data.readInt32BE(1)))
-        : `${data.length} bytes`;
+    let what = `${data.length} bytes`;
+    if (data[0] === Msg.ErrorResponse && data.length >= 5) {
+      const end = 1 + data.readInt32BE(1);
+      if (end >= 5 && end <= data.length) {
+        try {
+          what = describeError(data.subarray(5, end));
+        } catch {
+          // malformed: the byte count will do
+        }
+      }
+    }
     this.destroy(`server sent data while idle (${what})`);
   }
 

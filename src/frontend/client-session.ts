@@ -695,7 +695,12 @@ export class ClientSession implements LeaseHolder {
       this.pausedForLease = true;
     }
     this.pending = this.pending.length === 0 ? replay : replay.concat(this.pending);
-    this.acquire();
+    try {
+      this.acquire();
+    } catch (e) {
+      this.fatal(e); // called from a server socket's handler: never let it throw
+      return;
+    }
     if (this.lease === null && !this.pausedForLease && this.state === READY) {
       this.pausedForLease = true;
       this.socket.pause();
