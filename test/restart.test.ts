@@ -300,6 +300,172 @@ describe("permanent failures still fail fast", () => {
   });
 });
 
+describe("against a scripted server", () => {
+  it("an idle server that sends a malformed message is dropped; pgwarden carries on", async () => {
+    const fake = await FakeServer.start();
+    const pw = await fakePooler(fake, { min_pool_size: 1 });
+    await eventually(() => fake.conns.length >= 1, "the min_pool_size connection");
+    const first = fake.conns[0]!;
+    // an ErrorResponse whose fields are never terminated
+    first.write(Buffer.from([0x45, 0, 0, 0, 9, 0x53, 0x46, 0x41, 0x54, 0x41]));
+    await eventually(() => first.destroyed, "pgwarden closing the idle server");
+    const c = await connect(pw, "u", "pw", "fake");
+    expect((await c.query("select 1")).command).toBe("SELECT");
+    expect(pw.proc.exitCode).toBeNull();
+    expect(
+      logLines(pw).some((l) => String(l.reason).startsWith("server sent data while idle")),
+    ).toBe(true);
+    await c.end();
+    await fake.stop();
+  });
+
+  it("a server that closes before answering: replayed once on another server, then the client gets 08006", async () => {
+    const fake = await FakeServer.start();
+    const pw = await fakePooler(fake);
+    const c = await connect(pw, "u", "pw", "fake");
+    fake.script = (sql) => (sql.includes("once") && fake.count(sql) === 1 ? "close" : "answer");
+    expect((await c.query("select 'once'")).command).toBe("SELECT");
+    expect(fake.count("select 'once'")).toBe(2);
+
+    fake.script = (sql) => (sql.includes("always") ? "close" : "answer");
+    const err = (await c.query("select 'always'").catch((e: unknown) => e)) as { code?: string };
+    expect(err.code).toBe("08006");
+    expect(fake.count("select 'always'")).toBe(2);
+    await fake.stop();
+  });
+
+  it("a shutdown FATAL before any answer: replayed up to 3 times, then the server's FATAL, only one", async () => {
+    const fake = await FakeServer.start();
+    const pw = await fakePooler(fake);
+    const c = await connect(pw, "u", "pw", "fake");
+    fake.script = (sql) => (sql.includes("thrice") && fake.count(sql) <= 3 ? "fatal" : "answer");
+    expect((await c.query("select 'thrice'")).command).toBe("SELECT");
+    expect(fake.count("select 'thrice'")).toBe(4);
+
+    fake.script = (sql) => (sql.includes("always") ? "fatal" : "answer");
+    const raw = await RawClient.login(pw, "u", "pw", "fake");
+    const errors = raw.sendAndCollectErrors("select 'always'");
+    expect(await errors).toEqual([expect.objectContaining({ S: "FATAL", C: "57P01" })]);
+    expect(fake.count("select 'always'")).toBe(4);
+    await c.end();
+    await fake.stop();
+  });
+});
+
+async function fakePooler(fake: FakeServer, user: Record<string, unknown> = {}) {
+  const pw = await startPgwarden({
+    general: { pooler_mode: "transaction", auth_type: "plain", tls_verify: "disabled" },
+    databases: [{ name: "fake", host: "127.0.0.1", port: fake.port }],
+    users: [
+      {
+        name: "u",
+        database: "fake",
+        password: "pw",
+        server_password: "unused",
+        pool_size: 4,
+        min_pool_size: 0,
+        ...user,
+      },
+    ],
+  });
+  started.push(pw);
+  return pw;
+}
+
+/**
+ * A PostgreSQL stand-in that logs anyone in (trust) and answers every simple query with an
+ * empty "SELECT 0", unless `script` says to close the socket without a byte or to send a
+ * shutdown FATAL and close. It counts the queries it received, by text.
+ */
+class FakeServer {
+  readonly conns: net.Socket[] = [];
+  private readonly received: string[] = [];
+  script: (sql: string) => "answer" | "close" | "fatal" = () => "answer";
+
+  private constructor(
+    private readonly server: net.Server,
+    readonly port: number,
+  ) {}
+
+  static async start(): Promise<FakeServer> {
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const fake = new FakeServer(server, (server.address() as net.AddressInfo).port);
+    server.on("connection", (s) => fake.serve(s));
+    return fake;
+  }
+
+  count(sql: string): number {
+    return this.received.filter((q) => q === sql).length;
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.conns) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+
+  private serve(s: net.Socket): void {
+    this.conns.push(s);
+    s.on("error", () => {});
+    let buf = Buffer.alloc(0);
+    let started = false;
+    s.on("data", (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        if (!started) {
+          if (buf.length < 4 || buf.length < buf.readInt32BE(0)) return;
+          buf = buf.subarray(buf.readInt32BE(0));
+          started = true;
+          s.write(
+            Buffer.concat([
+              raw("R", Buffer.from([0, 0, 0, 0])),
+              raw("S", Buffer.from("server_version\x0015.0\x00")),
+              raw("K", Buffer.from([0, 0, 0, 42, 0, 0, 0, 7])),
+              raw("Z", Buffer.from("I")),
+            ]),
+          );
+          continue;
+        }
+        if (buf.length < 5 || buf.length < 1 + buf.readInt32BE(1)) return;
+        const type = String.fromCharCode(buf[0]!);
+        const body = buf.subarray(5, 1 + buf.readInt32BE(1));
+        buf = buf.subarray(1 + buf.readInt32BE(1));
+        if (type === "X") {
+          s.end();
+          return;
+        }
+        if (type !== "Q") continue;
+        const sql = body.toString("utf8", 0, body.length - 1);
+        this.received.push(sql);
+        const what = this.script(sql);
+        if (what === "close") {
+          s.destroy();
+          return;
+        }
+        if (what === "fatal") {
+          s.end(
+            raw(
+              "E",
+              Buffer.from(
+                "SFATAL\x00VFATAL\x00C57P01\x00Mterminating connection due to administrator command\x00\x00",
+              ),
+            ),
+          );
+          return;
+        }
+        s.write(Buffer.concat([raw("C", Buffer.from("SELECT 0\x00")), raw("Z", Buffer.from("I"))]));
+      }
+    });
+  }
+}
+
+function raw(type: string, body: Buffer): Buffer {
+  const head = Buffer.alloc(5);
+  head.write(type, 0);
+  head.writeInt32BE(4 + body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
 /** A protocol-level client (cleartext password auth) that sees every message pgwarden sends. */
 class RawClient {
   private buf = Buffer.alloc(0);
@@ -363,6 +529,12 @@ class RawClient {
         return;
       }
     }
+  }
+
+  /** Sends a simple query, then collects every ErrorResponse until the connection closes. */
+  sendAndCollectErrors(sql: string): Promise<Array<Record<string, string>>> {
+    this.socket.write(message("Q", `${sql}\0`));
+    return this.errorsUntilClose();
   }
 
   /** Every ErrorResponse until the connection closes (or 20 s pass). */
