@@ -679,6 +679,9 @@ export class ClientSession implements LeaseHolder {
    * The server died before it answered anything of this lease, which began at a transaction
    * boundary: the per-lease state is as it was then (no Z owed, not mid-batch, framer at a
    * boundary), so start over and feed the same bytes through the normal path to a new lease.
+   * The client waits (paused, its new bytes queued behind the replay) until the next turn of
+   * the event loop: a server that shuts down rarely does so alone, and the FATALs of its idle
+   * siblings, read in this turn, drop them from the pool before the replay picks one.
    */
   private replayOnNewServer(replay: Buffer[], err: Error): void {
     this.ctx.logger.info(
@@ -689,21 +692,27 @@ export class ClientSession implements LeaseHolder {
     this.dirty = false;
     this.queries = 0;
     this.framer.reset();
-    if (this.waitingServerDrain) {
-      // The dead server's drain will never come; the client waits for the new lease instead.
-      this.waitingServerDrain = false;
+    // The dead server's drain will never come; the client waits for the new lease instead.
+    this.waitingServerDrain = false;
+    if (!this.pausedForLease) {
       this.pausedForLease = true;
+      this.socket.pause();
     }
     this.pending = this.pending.length === 0 ? replay : replay.concat(this.pending);
+    setImmediate(() => this.replayNow());
+  }
+
+  private replayNow(): void {
+    if (this.state !== READY || this.lease !== null || this.acquiring) return;
+    if (this.pending.length === 0) {
+      this.pausedForLease = false; // nothing was sent: just an idle client without a server
+      this.socket.resume();
+      return;
+    }
     try {
       this.acquire();
     } catch (e) {
-      this.fatal(e); // called from a server socket's handler: never let it throw
-      return;
-    }
-    if (this.lease === null && !this.pausedForLease && this.state === READY) {
-      this.pausedForLease = true;
-      this.socket.pause();
+      this.fatal(e);
     }
   }
 
