@@ -1,2 +1,2 @@
-export type { ServerOptions, ServerSink, TlsMode } from "./server-connection.js";
+export type { ServerOptions, ServerOwner, ServerSink, TlsMode } from "./server-connection.js";
 export { pgErrorFrom, ServerConnection } from "./server-connection.js";

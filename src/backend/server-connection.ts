@@ -5,11 +5,18 @@
 // ReadyForQuery) with a `connect_timeout` that is paused while the credential getter runs, so a
 // slow identity provider is governed by its own timeout, not by the network's. After login the
 // connection is in one of three modes:
-//   - IDLE: in a pool; bytes that arrive (a FATAL before the server closes, say) are scanned and
-//     dropped.
-//   - PROXY: attached to a sink (a client's lease). Bytes are forwarded as they arrive, in the
-//     chunks they came in; the framer only stops at ReadyForQuery (transaction status, release
-//     decision) and ParameterStatus (tracked settings).
+//   - IDLE: in a pool. An idle server has nothing to say: any byte that arrives (the FATAL of a
+//     shutting-down server, an async notice) closes the connection at once, so that its pool
+//     drops it before a client can lease it.
+//   - PROXY: attached to a sink (a client's lease) and an owner (the lease itself). Bytes are
+//     forwarded as they arrive, in the chunks they came in; the framer only stops at
+//     ReadyForQuery (transaction status, release decision), ParameterStatus (tracked settings)
+//     and small ErrorResponses (is it FATAL?). The owner hears of the first byte forwarded on
+//     this attachment (`serverAnswered`) and of the connection's death (`serverLost`, saying
+//     whether the client already got the server's own FATAL). A FATAL 57P01/57P02/57P03/57P05
+//     (server shutting down or starting up, idle session timeout) that arrives before any byte
+//     was forwarded on this attachment is not forwarded: the client got nothing of a reply, so
+//     its lease may replay the request on another server (see pool/lease.ts).
 //   - INTERNAL: running a pooler-issued simple query (parameter sync, DISCARD ALL); every
 //     message is collected and the query's promise settles at ReadyForQuery.
 // Modes change only between messages (at ReadyForQuery), so one framer serves all three.
@@ -21,6 +28,7 @@ import {
   cancelRequest,
   EVENT_MESSAGE,
   FRAME_COLLECT,
+  FRAME_COLLECT_SMALL,
   Framer,
   frameModes,
   MessageBuffer,
@@ -61,7 +69,7 @@ export interface ServerOptions {
   readonly label: string;
 }
 
-/** What a ServerConnection in PROXY mode talks to. Implemented by the pool's Lease. */
+/** Where a ServerConnection in PROXY mode sends its output: the client side of a lease. */
 export interface ServerSink {
   /** Bytes for the client, in order. Returns false when the client wants no more for now. */
   serverData(data: Buffer): boolean;
@@ -69,8 +77,17 @@ export interface ServerSink {
   serverReady(status: number): void;
   /** A ParameterStatus the client's own statements caused. */
   serverParameter(name: string, value: string): void;
-  /** The connection died while attached. */
-  serverLost(err: Error): void;
+}
+
+/** Who holds a ServerConnection in PROXY mode: the pool's Lease. */
+export interface ServerOwner {
+  /** The first byte of server output on this attachment is about to go to the sink. */
+  serverAnswered(): void;
+  /**
+   * The connection died while attached. `fatalForwarded`: the last message forwarded to the
+   * sink was the server's own FATAL (or PANIC) ErrorResponse, so the client knows already.
+   */
+  serverLost(err: Error, fatalForwarded: boolean): void;
 }
 
 /**
@@ -88,7 +105,14 @@ const MODE_INTERNAL = 2;
 const PROXY_MODES = frameModes([
   ["Z", FRAME_COLLECT],
   ["S", FRAME_COLLECT],
+  ["E", FRAME_COLLECT_SMALL],
 ]);
+
+/**
+ * SQLSTATEs of a server that goes away without running what it was sent: admin_shutdown,
+ * crash_shutdown, cannot_connect_now, idle_session_timeout.
+ */
+const SHUTDOWN_CODES: ReadonlySet<string> = new Set(["57P01", "57P02", "57P03", "57P05"]);
 
 let nextId = 1;
 
@@ -119,11 +143,21 @@ export class ServerConnection {
   prepared: ServerAttachment | null = null;
   /** Called once when the connection closes, for its pool. */
   onClose: ((conn: ServerConnection) => void) | null = null;
+  /**
+   * True only while the sink's serverReady runs, when more bytes follow that ReadyForQuery in
+   * the same read: the server said something nobody asked for, so the pool must not reuse it.
+   */
+  moreAfterReady = false;
 
   private socket: net.Socket;
   private readonly framer = new Framer(PROXY_MODES);
   private mode = MODE_IDLE;
   private sink: ServerSink | null = null;
+  private owner: ServerOwner | null = null;
+  /** Some server byte went to the sink since attach(). */
+  private answered = false;
+  /** The last message forwarded to the sink was a FATAL or PANIC ErrorResponse. */
+  private fatalForwarded = false;
   private internal: InternalQuery | null = null;
 
   private constructor(opts: ServerOptions, socket: net.Socket) {
@@ -155,17 +189,22 @@ export class ServerConnection {
     this.tls = socket instanceof tls.TLSSocket;
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", (err) => this.destroy(`socket error: ${err.message}`, err));
+    socket.on("end", () => this.destroy("server closed the connection"));
     socket.on("close", () => this.destroy("server closed the connection"));
     if (rest.length > 0) this.onData(rest);
   }
 
-  attach(sink: ServerSink): void {
+  attach(sink: ServerSink, owner: ServerOwner): void {
     this.sink = sink;
+    this.owner = owner;
+    this.answered = false;
+    this.fatalForwarded = false;
     this.mode = MODE_PROXY;
   }
 
   detach(): void {
     this.sink = null;
+    this.owner = null;
     this.mode = MODE_IDLE;
     if (this.socket.isPaused()) this.socket.resume();
   }
@@ -229,13 +268,19 @@ export class ServerConnection {
     this.internal = null;
     if (internal)
       internal.reject(new PgwardenError("SERVER_CLOSED", `server connection closed: ${reason}`));
-    const sink = this.sink;
+    const owner = this.owner;
+    this.owner = null;
     this.sink = null;
-    if (sink) sink.serverLost(err ?? new PgwardenError("SERVER_CLOSED", reason));
     this.onClose?.(this);
+    if (owner)
+      owner.serverLost(err ?? new PgwardenError("SERVER_CLOSED", reason), this.fatalForwarded);
   }
 
   private onData(chunk: Buffer): void {
+    if (this.mode === MODE_IDLE) {
+      this.idleData(chunk);
+      return;
+    }
     const f = this.framer;
     let pos = 0;
     let fwd = 0;
@@ -244,37 +289,45 @@ export class ServerConnection {
         pos = f.feed(chunk, pos);
         if (f.event !== EVENT_MESSAGE) continue;
         const type = f.type;
-        if (this.mode === MODE_INTERNAL) {
-          this.internalMessage(type, f.body);
-          fwd = pos;
-          continue;
+        if (this.mode !== MODE_PROXY) {
+          if (this.mode === MODE_INTERNAL) {
+            this.internalMessage(type, f.body);
+            fwd = pos;
+            continue;
+          }
+          // An internal query ended with the server idle, and it said more.
+          this.idleData(chunk.subarray(fwd));
+          return;
         }
         if (type === Msg.ReadyForQuery) {
           this.txStatus = f.body[0]!;
-          const sink = this.sink;
-          if (sink !== null) {
-            sink.serverData(chunk.subarray(fwd, pos));
-            fwd = pos;
-            sink.serverReady(this.txStatus);
-            if (this.sink !== sink) {
-              // Released (and maybe already leased to the next client): whatever else this
-              // chunk holds was not asked for by the next client. Scan it, don't forward it.
-              if (pos < chunk.length) this.idleData(chunk.subarray(pos));
-              this.skipRest(chunk, pos);
-              return;
-            }
-          } else {
-            fwd = pos;
+          const sink = this.sink!;
+          if (!this.answered) this.firstAnswer();
+          sink.serverData(chunk.subarray(fwd, pos));
+          fwd = pos;
+          this.moreAfterReady = pos < chunk.length;
+          sink.serverReady(this.txStatus);
+          this.moreAfterReady = false;
+          if (this.sink !== sink) {
+            // Released. Bytes after this ReadyForQuery were asked for by nobody: the pool did
+            // not reuse a server that sent them (moreAfterReady), so this one is closing, or
+            // it is closed here. Never forward them to whoever leases it next.
+            if (pos < chunk.length && !this.closed)
+              this.destroy("server sent data after ReadyForQuery with nobody to read it");
+            return;
           }
         } else if (type === Msg.ParameterStatus) {
           const [name, value] = parseParameterStatus(f.body);
           this.reported.set(name, value);
           this.sink?.serverParameter(name, value);
+        } else if (type === Msg.ErrorResponse) {
+          if (this.proxyError(f.body, pos - 5 - f.bodyLength, fwd)) return;
         }
       }
       if (fwd < chunk.length) {
         const sink = this.sink;
-        if (sink !== null) {
+        if (sink !== null && this.mode === MODE_PROXY) {
+          if (!this.answered) this.firstAnswer();
           if (!sink.serverData(fwd === 0 ? chunk : chunk.subarray(fwd))) this.socket.pause();
         } else if (this.mode === MODE_IDLE) {
           this.idleData(chunk.subarray(fwd));
@@ -285,21 +338,43 @@ export class ServerConnection {
     }
   }
 
-  /** Keeps the framer in step over bytes that go nowhere. */
-  private skipRest(chunk: Buffer, pos: number): void {
-    const f = this.framer;
-    while (pos < chunk.length) {
-      pos = f.feed(chunk, pos);
-      if (f.event === EVENT_MESSAGE && f.type === Msg.ReadyForQuery) this.txStatus = f.body[0]!;
+  private firstAnswer(): void {
+    this.answered = true;
+    this.owner?.serverAnswered();
+  }
+
+  /**
+   * An ErrorResponse on its way to the client, starting at `start` in the chunk (negative when
+   * it began in an earlier chunk). Returns true when the connection was closed instead: a
+   * shutdown FATAL before anything of a reply was forwarded on this attachment.
+   */
+  private proxyError(body: Buffer, start: number, fwd: number): boolean {
+    const code = fatalCode(body);
+    if (code === null) return false;
+    if (!this.answered && start === fwd && SHUTDOWN_CODES.has(code)) {
+      const err = pgErrorFrom(body, this.opts.label);
+      this.destroy(`server went away before answering: ${code} ${err.message}`, err);
+      return true;
     }
+    this.fatalForwarded = true;
+    return false;
   }
 
   private idleData(data: Buffer): void {
-    // An idle server only speaks before it goes away (FATAL on termination) or for async notices.
-    this.opts.logger.debug(
-      { server: this.opts.label, bytes: data.length },
-      "unexpected data from idle server",
-    );
+    // An idle server only speaks before it goes away (FATAL on termination) or for async
+    // notices; either way it is not fit for the next client.
+    let what = `${data.length} bytes`;
+    if (data[0] === Msg.ErrorResponse && data.length >= 5) {
+      const end = 1 + data.readInt32BE(1);
+      if (end >= 5 && end <= data.length) {
+        try {
+          what = describeError(data.subarray(5, end));
+        } catch {
+          // malformed: the byte count will do
+        }
+      }
+    }
+    this.destroy(`server sent data while idle (${what})`);
   }
 
   private internalMessage(type: number, body: Buffer): void {
@@ -325,6 +400,29 @@ interface InternalQuery {
   resolve: () => void;
   reject: (err: Error) => void;
   error: PgError | null;
+}
+
+/** The SQLSTATE of a FATAL or PANIC ErrorResponse body; null for any other severity. */
+export function fatalCode(body: Buffer): string | null {
+  let severity = "";
+  let code = "";
+  let off = 0;
+  while (off < body.length && body[off] !== 0) {
+    const tag = body[off]!;
+    const end = body.indexOf(0, off + 1);
+    if (end < 0) break;
+    // V is the untranslated severity (PostgreSQL 9.6+); S may be localized.
+    if (tag === 0x56 /* V */ || (tag === 0x53 /* S */ && severity === ""))
+      severity = body.toString("latin1", off + 1, end);
+    else if (tag === 0x43 /* C */) code = body.toString("latin1", off + 1, end);
+    off = end + 1;
+  }
+  return severity === "FATAL" || severity === "PANIC" ? code : null;
+}
+
+function describeError(body: Buffer): string {
+  const f = parseErrorFields(body);
+  return `${f.V ?? f.S ?? "?"} ${f.C ?? "?"}: ${f.M ?? ""}`;
 }
 
 export function pgErrorFrom(body: Buffer, label: string): PgError {
@@ -538,6 +636,21 @@ class Login {
         return;
       case Msg.ReadyForQuery:
         this.conn.txStatus = body[0]!;
+        if (this.buf.pending > 0) {
+          // More right after the first ReadyForQuery: a server shutting down as we logged in
+          // (its FATAL), or junk. Either way not a connection to hand out.
+          const next = this.buf.next();
+          this.fail(
+            next !== null && next.type === Msg.ErrorResponse
+              ? pgErrorFrom(next.body, this.conn.opts.label)
+              : new PgwardenError(
+                  "SERVER_CONNECT",
+                  `server ${this.where()} sent data right after login`,
+                  this.ctx,
+                ),
+          );
+          return;
+        }
         this.succeed();
         return;
       case 0x76: // NegotiateProtocolVersion: we asked for nothing optional; carry on.

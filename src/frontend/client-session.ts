@@ -866,19 +866,71 @@ export class ClientSession implements LeaseHolder {
     if (name === "application_name") this.applicationName = value;
   }
 
-  serverLost(err: Error): void {
+  serverLost(err: Error, replay: Buffer[] | null, fatalForwarded: boolean): void {
+    const lost = this.lease;
     this.lease = null;
+    // lost === null: the lease was still being set up (settings sync); that path reports it.
+    if (replay !== null && lost !== null && this.state === READY) {
+      this.replayOnNewServer(replay, err);
+      return;
+    }
     this.ctx.logger.warn(
       { client: this.remote, user: this.user, database: this.database, err: err.message },
       "server connection lost under client",
     );
-    this.fatal(
-      new PgError(
-        "FATAL",
-        "08006",
-        "server connection lost: the PostgreSQL server closed the connection unexpectedly",
-      ),
+    // The client already got the server's own FATAL: at most one per lost connection.
+    if (fatalForwarded) this.close();
+    else
+      this.fatal(
+        err instanceof PgError && err.severity === "FATAL"
+          ? err
+          : new PgError(
+              "FATAL",
+              "08006",
+              "server connection lost: the PostgreSQL server closed the connection unexpectedly",
+            ),
+      );
+  }
+
+  /**
+   * The server died before it answered anything of this lease, which began at a transaction
+   * boundary: the per-lease state is as it was then (no Z owed, not mid-batch, framer at a
+   * boundary), so start over and feed the same bytes through the normal path to a new lease.
+   * The client waits (paused, its new bytes queued behind the replay) until the next turn of
+   * the event loop: a server that shuts down rarely does so alone, and the FATALs of its idle
+   * siblings, read in this turn, drop them from the pool before the replay picks one.
+   */
+  private replayOnNewServer(replay: Buffer[], err: Error): void {
+    this.ctx.logger.info(
+      { client: this.remote, user: this.user, database: this.database, err: err.message },
+      "server connection lost before it answered; replaying on another server",
     );
+    this.expectZ = 0;
+    this.dirty = false;
+    this.queries = 0;
+    this.framer.reset();
+    // The dead server's drain will never come; the client waits for the new lease instead.
+    this.waitingServerDrain = false;
+    if (!this.pausedForLease) {
+      this.pausedForLease = true;
+      this.socket.pause();
+    }
+    this.pending = this.pending.length === 0 ? replay : replay.concat(this.pending);
+    setImmediate(() => this.replayNow());
+  }
+
+  private replayNow(): void {
+    if (this.state !== READY || this.lease !== null || this.acquiring) return;
+    if (this.pending.length === 0) {
+      this.pausedForLease = false; // nothing was sent: just an idle client without a server
+      this.socket.resume();
+      return;
+    }
+    try {
+      this.acquire();
+    } catch (e) {
+      this.fatal(e);
+    }
   }
 
   // ---- ending -------------------------------------------------------------------------------

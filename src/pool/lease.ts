@@ -1,8 +1,22 @@
 // Lease: one client's hold on one server connection. The frontend sees servers only through
 // leases (design §1): it writes client bytes, receives server events through its LeaseHolder,
 // asks for settings to be synced, cancels, and releases. Release is idempotent.
+//
+// Replay: a lease that starts with its server at a transaction boundary keeps references to the
+// chunks the client writes on it (an array push, no copy) until the first byte of server output
+// comes back (ServerOwner.serverAnswered), then drops them. If the server dies before that
+// (socket closed or reset, or a shutdown FATAL the connection did not forward), nothing the
+// client could see happened, and the holder gets those chunks in serverLost to run them on
+// another server. PostgreSQL flushes a reply (or a commit's CommandComplete) before a FATAL, so
+// a shutdown FATAL as the first byte means nothing was committed. A bare socket loss gives no
+// such proof (a commit whose reply was lost with the socket would run twice), so the same bytes
+// are replayed at most once after one, and at most SHUTDOWN_REPLAYS times after shutdown FATALs
+// (a statement that crashes every server it runs on must not take the cluster down for ever).
+// More than REPLAY_MAX_BYTES written without an answer: no replay.
 
-import type { ServerConnection } from "../backend/index.js";
+import type { ServerConnection, ServerOwner } from "../backend/index.js";
+import { TxStatus } from "../protocol/index.js";
+import { PgError } from "../util/index.js";
 import { markSynced, syncQuery } from "./params.js";
 
 /** What the client side implements to receive its server's output. */
@@ -10,7 +24,13 @@ export interface LeaseHolder {
   serverData(data: Buffer): boolean;
   serverReady(status: number): void;
   serverParameter(name: string, value: string): void;
-  serverLost(err: Error): void;
+  /**
+   * The server died under this lease, which is over (never release it). `replay`: the chunks
+   * the client wrote on it, none of which the server answered: run them on a new lease, the
+   * client need not know. null: the client's work was cut; tell it, unless `fatalForwarded`
+   * (it got the server's own FATAL already, so it must not get a second one).
+   */
+  serverLost(err: Error, replay: Buffer[] | null, fatalForwarded: boolean): void;
 }
 
 /** The pool side of a lease (kept as an interface so lease.ts does not import pool.ts). */
@@ -20,15 +40,24 @@ export interface LeaseOwner {
   release(lease: Lease, clean: boolean, reset: boolean): void;
 }
 
-export class Lease {
+const REPLAY_MAX_BYTES = 1 << 20;
+const SHUTDOWN_REPLAYS = 3;
+/** How often a chunk was handed back for replay as the first of a lease's chunks. */
+const replayed = new WeakMap<Buffer, number>();
+
+export class Lease implements ServerOwner {
   private released = false;
+  /** Client chunks written since the lease began, while the server has not answered; else null. */
+  private replay: Buffer[] | null;
+  private replayBytes = 0;
 
   constructor(
     private readonly pool: LeaseOwner,
     readonly server: ServerConnection,
-    holder: LeaseHolder,
+    private readonly holder: LeaseHolder,
   ) {
-    server.attach(holder);
+    this.replay = server.txStatus === TxStatus.Idle ? [] : null;
+    server.attach(holder, this);
   }
 
   get poolName(): string {
@@ -59,7 +88,37 @@ export class Lease {
   }
 
   write(data: Buffer): boolean {
+    const r = this.replay;
+    if (r !== null) {
+      this.replayBytes += data.length;
+      if (this.replayBytes <= REPLAY_MAX_BYTES) r.push(data);
+      else this.replay = null;
+    }
     return this.server.write(data);
+  }
+
+  /** ServerOwner: the server's first byte of output on this lease. */
+  serverAnswered(): void {
+    this.replay = null;
+  }
+
+  /** ServerOwner: the server died under this lease. */
+  serverLost(err: Error, fatalForwarded: boolean): void {
+    this.released = true;
+    this.holder.serverLost(err, this.takeReplay(err), fatalForwarded);
+  }
+
+  private takeReplay(err: Error): Buffer[] | null {
+    const r = this.replay;
+    this.replay = null;
+    if (r === null) return null;
+    const first = r[0];
+    if (first === undefined) return r;
+    const shutdown = err instanceof PgError && err.sqlstate.startsWith("57P");
+    const times = replayed.get(first) ?? 0;
+    if (times >= (shutdown ? SHUTDOWN_REPLAYS : 1)) return null;
+    replayed.set(first, times + 1);
+    return r;
   }
 
   /** Calls `cb` once the server socket's write buffer has drained. */
@@ -103,6 +162,7 @@ export class Lease {
   release(clean: boolean, reset = false): void {
     if (this.released) return;
     this.released = true;
+    this.replay = null;
     this.pool.release(this, clean, reset);
   }
 }

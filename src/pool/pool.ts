@@ -5,16 +5,35 @@
 // one client through a Lease), or being opened (`connecting` count). Clients that find no idle
 // server wait in a FIFO queue with their own checkout_timeout; every connection that becomes
 // free (released clean, or newly opened) goes to the head waiter first. Capacity is
-// idle + leased + connecting <= pool_size. A failed open rejects the waiter it was opened for
-// (fail fast with the cause) rather than letting it sit out its timeout. Maintenance (driven by
-// the registry's timer) closes servers past idle_timeout (down to min_pool_size) or past
-// server_lifetime, and refills to min_pool_size with exponential backoff after failures.
-// Draining (config change, shutdown) stops checkouts; leased servers close when released.
+// idle + leased + connecting <= pool_size, and opens are started for waiters that no open in
+// flight will serve. An idle server that closes or says anything is dropped at once (backend
+// closes it), and one that sent bytes after the ReadyForQuery that released it is not reused.
+//
+// A failed open is judged by its cause. Permanent (the server refused the credential, no such
+// database, TLS or credential-provider trouble): it rejects a waiter with that cause, fail fast.
+// Transient (connection refused or reset, connect_timeout, the server starting up or shutting
+// down, too many connections): the pool is `down`; waiters keep waiting, each until its own
+// checkout_timeout (whose error then names the last connect failure), and while any waits one
+// probe open at a time is retried with capped exponential backoff and jitter. The first open
+// that succeeds ends `down` and opens for every waiter still unserved. So a server restart
+// costs waiting clients a delay, not an error, and a dead server never sees a hot loop.
+//
+// Maintenance (driven by the registry's timer) closes servers past idle_timeout (down to
+// min_pool_size) or past server_lifetime, and refills to min_pool_size with its own exponential
+// backoff after failures. Draining (config change, shutdown) stops checkouts; leased servers
+// close when released.
 
 import type { ServerConnection, ServerOptions, TlsMode } from "../backend/index.js";
 import { ServerConnection as Server } from "../backend/index.js";
 import type { PoolerMode } from "../config/index.js";
-import { errorMessage, isAuthFailure, type Logger, PgwardenError, Queue } from "../util/index.js";
+import {
+  errorMessage,
+  isAuthFailure,
+  type Logger,
+  PgError,
+  PgwardenError,
+  Queue,
+} from "../util/index.js";
 import { Lease, type LeaseHolder } from "./lease.js";
 import { LoginParams } from "./login-params.js";
 import type { PoolSnapshot, ServerSnapshot } from "./snapshot.js";
@@ -48,6 +67,33 @@ export interface CredentialSource {
   invalidate?(rejected: string): Promise<string>;
 }
 
+/** Backoff between probe opens while the server is down: 50-100 ms first, then up to 1-2 s. */
+const RETRY_FIRST_MS = 100;
+const RETRY_MAX_MS = 2000;
+
+/**
+ * Connect failures that say "not now" rather than "never": the server is down, restarting or
+ * full. Everything else (credentials refused, unknown database, TLS setup, credential provider,
+ * protocol trouble) is permanent for the waiting client.
+ */
+export function isTransientConnectFailure(err: unknown): boolean {
+  if (err instanceof PgError) return ["57P01", "57P02", "57P03", "53300"].includes(err.sqlstate);
+  if (!(err instanceof PgwardenError)) return false;
+  const cause = (err.cause as NodeJS.ErrnoException | undefined)?.code;
+  switch (err.code) {
+    case "SERVER_CONNECT":
+      // A name that does not resolve is a configuration error; EAI_AGAIN is a DNS hiccup.
+      return cause !== "ENOTFOUND";
+    case "SERVER_CONNECT_TIMEOUT":
+      return true;
+    case "SERVER_TLS":
+      // The server went away during the handshake, as opposed to a certificate problem.
+      return cause === "ECONNRESET" || cause === "EPIPE" || cause === "ECONNREFUSED";
+    default:
+      return false;
+  }
+}
+
 interface Waiter {
   resolve: (lease: Lease) => void;
   reject: (err: Error) => void;
@@ -69,6 +115,11 @@ export class Pool {
   private pauseWaiters: Array<() => void> = [];
   private failures = 0;
   private nextRefillAt = 0;
+  /** The last open failed transiently and none succeeded since. */
+  private down = false;
+  private lastConnectError: Error | null = null;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private retryRound = 0;
   readonly logger: Logger;
   /** What this pool's servers report at login, for logins that need no server (login-params.ts). */
   readonly loginParams = new LoginParams();
@@ -124,23 +175,25 @@ export class Pool {
           if (waiter.done) return;
           waiter.done = true;
           this.stats.totalWaitMs += performance.now() - since;
-          reject(
-            new PgwardenError(
-              "CHECKOUT_TIMEOUT",
-              `no server connection available in pool "${this.name}" within checkout_timeout (${checkoutTimeout} ms)`,
-              { pool: this.name },
-            ),
-          );
+          reject(this.checkoutTimeoutError(checkoutTimeout));
         }, checkoutTimeout);
       }
       this.waiters.push(waiter);
-      if (
-        !this.paused &&
-        this.size < this.settings.poolSize &&
-        this.connecting < this.liveWaiters()
-      )
-        void this.open().catch(() => {});
+      this.openForWaiters();
     });
+  }
+
+  /** While the server is down, the wait ends as a connection failure naming its cause. */
+  private checkoutTimeoutError(ms: number): PgwardenError {
+    const what = `no server connection available in pool "${this.name}" within checkout_timeout (${ms} ms)`;
+    const last = this.down ? this.lastConnectError : null;
+    if (last === null) return new PgwardenError("CHECKOUT_TIMEOUT", what, { pool: this.name });
+    return new PgwardenError(
+      "SERVER_CONNECT",
+      `${what}: last connect error: ${errorMessage(last)}`,
+      { pool: this.name },
+      last,
+    );
   }
 
   /** Forgets a waiter whose client went away. */
@@ -165,15 +218,18 @@ export class Pool {
     if (
       !clean ||
       server.closed ||
+      server.moreAfterReady ||
       this.draining ||
       oversize ||
       server.ageMs > this.settings.serverLifetime
     ) {
       this.discard(
         server,
-        clean
-          ? "released"
-          : "released unclean (client left mid-transaction or server state unknown)",
+        !clean
+          ? "released unclean (client left mid-transaction or server state unknown)"
+          : server.moreAfterReady
+            ? "server sent data nobody asked for after ReadyForQuery"
+            : "released",
       );
       this.afterLoss();
       return;
@@ -239,6 +295,8 @@ export class Pool {
   drain(): void {
     if (this.draining) return;
     this.draining = true;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     for (const s of this.idle.splice(0)) this.discard(s, "pool drained");
     for (const w of this.waiters) {
       if (w.done) continue;
@@ -326,10 +384,12 @@ export class Pool {
   resume(): void {
     if (!this.paused) return;
     this.paused = false;
-    while (this.idle.length > 0 && this.liveWaiters() > 0) this.handOut(this.idle.pop()!);
-    const need = this.liveWaiters() - this.connecting;
-    for (let i = 0; i < need && this.size < this.settings.poolSize; i++)
-      void this.open().catch(() => {});
+    while (this.liveWaiters() > 0) {
+      const server = this.popIdle();
+      if (server === null) break;
+      this.handOut(server);
+    }
+    this.openForWaiters();
   }
 
   // ---- internals ----------------------------------------------------------------------------
@@ -361,6 +421,11 @@ export class Pool {
 
   /** Gives a free server to the head waiter, or puts it on the idle stack. */
   private handOut(server: ServerConnection): void {
+    if (server.closed) {
+      // It died between release and now (e.g. during DISCARD ALL's round trip).
+      this.afterLoss();
+      return;
+    }
     if (server.markForClose) {
       this.discard(server, "reconnect requested");
       this.afterLoss();
@@ -393,9 +458,39 @@ export class Pool {
   /** After a server is gone: open a replacement if clients are waiting for one. */
   private afterLoss(): void {
     this.checkPaused();
+    this.openForWaiters();
+  }
+
+  /**
+   * Opens connections for the waiters that no open in flight will serve, within pool_size.
+   * While the server is down only one probe is in flight, started by the retry timer (or at
+   * once when no retry is pending).
+   */
+  private openForWaiters(): void {
     if (this.draining || this.paused) return;
-    if (this.liveWaiters() > this.connecting && this.size < this.settings.poolSize)
-      void this.open().catch(() => {});
+    const room = this.settings.poolSize - this.size;
+    if (room <= 0) return;
+    const live = this.liveWaiters();
+    if (this.down) {
+      if (this.retryTimer === null && this.connecting === 0 && live > 0)
+        void this.open().catch(() => {});
+      return;
+    }
+    const need = Math.min(room, live - this.connecting);
+    for (let i = 0; i < need; i++) void this.open().catch(() => {});
+  }
+
+  /** One probe open after a backoff, while clients wait and the server is down. */
+  private scheduleRetry(): void {
+    if (this.retryTimer !== null || this.draining || this.liveWaiters() === 0) return;
+    const base = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** Math.min(this.retryRound, 10));
+    this.retryRound++;
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.openForWaiters();
+    }, delay);
+    this.retryTimer.unref();
   }
 
   private discard(server: ServerConnection, reason: string): void {
@@ -411,6 +506,15 @@ export class Pool {
       (server) => {
         this.connecting--;
         this.failures = 0;
+        const wasDown = this.down;
+        this.down = false;
+        this.lastConnectError = null;
+        this.retryRound = 0;
+        if (wasDown)
+          this.logger.info(
+            { pool: this.name, host: s.host, port: s.port },
+            "server reachable again",
+          );
         if (this.draining) {
           this.discard(server, "pool drained");
           return;
@@ -418,6 +522,8 @@ export class Pool {
         server.onClose = (dead) => this.onServerClosed(dead);
         this.loginParams.noteServer(server.baseline);
         this.handOut(server);
+        // Waiters whose opens failed while the server was down get theirs now.
+        if (wasDown) this.openForWaiters();
       },
       (err: unknown) => {
         this.connecting--;
@@ -425,10 +531,19 @@ export class Pool {
         this.stats.connectFailures++;
         this.nextRefillAt =
           performance.now() + Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7));
+        const transient = isTransientConnectFailure(err);
         this.logger.warn(
-          { pool: this.name, host: s.host, port: s.port, err: errorMessage(err) },
+          { pool: this.name, host: s.host, port: s.port, err: errorMessage(err), transient },
           "server connect failed",
         );
+        if (transient) {
+          // Waiters keep waiting (each up to its checkout_timeout) while a probe is retried.
+          this.down = true;
+          this.lastConnectError = err as Error;
+          this.scheduleRetry();
+          return;
+        }
+        this.down = false;
         // The open was for a waiter (or for min_pool_size): fail the head waiter with the cause,
         // unless other opens in flight will serve it.
         const live = this.liveWaiters();
@@ -441,6 +556,8 @@ export class Pool {
             break;
           }
         }
+        // Waiters left without an open (it was down until now) get their own, to fail fast too.
+        this.openForWaiters();
       },
     );
     return attempt;

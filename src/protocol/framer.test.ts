@@ -3,11 +3,12 @@ import {
   EVENT_HEADER,
   EVENT_MESSAGE,
   FRAME_COLLECT,
+  FRAME_COLLECT_SMALL,
   FRAME_HEADER,
   Framer,
   frameModes,
 } from "./framer.js";
-import { dataRow, parameterStatus, query, readyForQuery } from "./writer.js";
+import { dataRow, errorResponse, parameterStatus, query, readyForQuery } from "./writer.js";
 
 function scanAll(f: Framer, chunks: Buffer[]): Array<[string, string]> {
   const events: Array<[string, string]> = [];
@@ -71,6 +72,29 @@ describe("Framer", () => {
     f.collectAll = true;
     const events = scanAll(f, [dataRow(["a"]), readyForQuery("I")]);
     expect(events.map((e) => e[0])).toEqual(["D", "Z"]);
+  });
+
+  it("COLLECT_SMALL collects small bodies and reports large ones at the header", () => {
+    const m = frameModes([["E", FRAME_COLLECT_SMALL]]);
+    const small = errorResponse({ severity: "FATAL", code: "57P01", message: "bye" });
+    const big = errorResponse({ severity: "ERROR", code: "P0001", message: "x".repeat(2 << 20) });
+    const events = scanAll(new Framer(m), [small, big, readyForQuery("I")]);
+    expect(events[0]?.[0]).toBe("E");
+    expect(events[0]?.[1]).toContain("57P01");
+    expect(events[1]).toEqual(["E", `len=${big.length - 5}`]);
+    expect(events).toHaveLength(2);
+  });
+
+  it("reset() forgets a partial message and starts at a boundary", () => {
+    const f = new Framer(modes);
+    const z = readyForQuery("I");
+    f.feed(dataRow(["abc"]).subarray(0, 7), 0);
+    f.reset();
+    expect(f.atBoundary).toBe(true);
+    expect(scanAll(f, [z.subarray(0, 3), z.subarray(3)])).toEqual([["Z", "I"]]);
+    f.feed(z.subarray(0, 2), 0);
+    f.reset();
+    expect(scanAll(f, [z])).toEqual([["Z", "I"]]);
   });
 
   it("rejects a length below 4", () => {

@@ -4,7 +4,9 @@
 // DataRow passes through in whatever chunks the kernel hands us. The framer only tracks where
 // message boundaries are. For each message type the caller picks a mode: PASS (say nothing),
 // HEADER (stop and report once the 5-byte header is read; the body keeps streaming), or COLLECT
-// (stop and report once the whole, small, body is there: ReadyForQuery, ParameterStatus).
+// (stop and report once the whole, small, body is there: ReadyForQuery, ParameterStatus), or
+// COLLECT_SMALL (COLLECT for bodies up to MAX_COLLECT, else HEADER: ErrorResponse, whose severity
+// matters but whose message may be any size).
 // `feed(chunk, pos)` advances from `pos` and returns the offset just past the next reported
 // event, or `chunk.length` when the chunk holds no further event; the caller loops. Headers and
 // collected bodies that straddle chunks are stitched in small private buffers. No closures, no
@@ -16,6 +18,7 @@ import { ProtocolError } from "./reader.js";
 export const FRAME_PASS = 0;
 export const FRAME_HEADER = 1;
 export const FRAME_COLLECT = 2;
+export const FRAME_COLLECT_SMALL = 3;
 
 export const EVENT_NONE = 0;
 export const EVENT_HEADER = 1;
@@ -50,6 +53,15 @@ export class Framer {
   /** True between messages: no partial header or body pending. */
   get atBoundary(): boolean {
     return this.hdrFill === 0 && this.remaining === 0;
+  }
+
+  /** Back to a message boundary, forgetting any partial message (the stream starts over). */
+  reset(): void {
+    this.event = EVENT_NONE;
+    this.hdrFill = 0;
+    this.remaining = 0;
+    this.collecting = null;
+    this.collectFill = 0;
   }
 
   feed(chunk: Buffer, pos: number): number {
@@ -94,7 +106,9 @@ export class Framer {
       }
       if (len < 4) throw new ProtocolError(`invalid length ${len} for message type ${type}`);
       const bodyLen = len - 4;
-      const mode = this.collectAll ? FRAME_COLLECT : this.modes[type]!;
+      let mode = this.collectAll ? FRAME_COLLECT : this.modes[type]!;
+      if (mode === FRAME_COLLECT_SMALL)
+        mode = bodyLen <= MAX_COLLECT ? FRAME_COLLECT : FRAME_HEADER;
 
       if (mode === FRAME_COLLECT) {
         if (bodyLen > MAX_COLLECT && !this.collectAll) {

@@ -1,0 +1,147 @@
+import { describe, expect, it } from "vitest";
+import type { ServerConnection, ServerOwner } from "../backend/index.js";
+import { PgError, PgwardenError } from "../util/index.js";
+import { Lease, type LeaseHolder } from "./lease.js";
+import { isTransientConnectFailure } from "./pool.js";
+
+/** Just what Lease uses of a ServerConnection. */
+class FakeServer {
+  txStatus = 0x49; // 'I'
+  owner: ServerOwner | null = null;
+  written: Buffer[] = [];
+  attach(_sink: unknown, owner: ServerOwner): void {
+    this.owner = owner;
+  }
+  write(data: Buffer): boolean {
+    this.written.push(data);
+    return true;
+  }
+}
+
+interface Lost {
+  err: Error;
+  replay: Buffer[] | null;
+  fatalForwarded: boolean;
+}
+
+function setup(txStatus = 0x49) {
+  const server = new FakeServer();
+  server.txStatus = txStatus;
+  const lost: Lost[] = [];
+  const released: boolean[] = [];
+  const holder: LeaseHolder = {
+    serverData: () => true,
+    serverReady: () => {},
+    serverParameter: () => {},
+    serverLost: (err, replay, fatalForwarded) => lost.push({ err, replay, fatalForwarded }),
+  };
+  const pool = {
+    name: "u/db",
+    stats: { totalXact: 0, totalQuery: 0 },
+    release: (_l: Lease, clean: boolean) => released.push(clean),
+  };
+  const lease = new Lease(pool, server as unknown as ServerConnection, holder);
+  return { server, lease, lost, released };
+}
+
+const shutdown = () =>
+  new PgError("FATAL", "57P01", "terminating connection due to administrator command");
+const socketLoss = () => new PgwardenError("SERVER_CLOSED", "server closed the connection");
+
+describe("Lease replay", () => {
+  it("hands back the chunks written before the server answered", () => {
+    const { server, lease, lost } = setup();
+    const a = Buffer.from("a");
+    const b = Buffer.from("b");
+    lease.write(a);
+    lease.write(b);
+    expect(server.written).toEqual([a, b]);
+    server.owner!.serverLost(shutdown(), false);
+    expect(lost).toHaveLength(1);
+    expect(lost[0]!.replay).toEqual([a, b]);
+    expect(lost[0]!.replay![0]).toBe(a); // references, not copies
+    expect(lease.isReleased).toBe(true);
+  });
+
+  it("drops them at the server's first byte: the client's work was cut", () => {
+    const { server, lease, lost } = setup();
+    lease.write(Buffer.from("q"));
+    server.owner!.serverAnswered();
+    lease.write(Buffer.from("more"));
+    server.owner!.serverLost(socketLoss(), true);
+    expect(lost[0]).toMatchObject({ replay: null, fatalForwarded: true });
+  });
+
+  it("never replays a lease that began inside a transaction", () => {
+    const { server, lease, lost } = setup(0x54); // 'T'
+    lease.write(Buffer.from("q"));
+    server.owner!.serverLost(shutdown(), false);
+    expect(lost[0]!.replay).toBeNull();
+  });
+
+  it("replays the same bytes once after a bare socket loss, three times after shutdown FATALs", () => {
+    const chunk = Buffer.from("select 1");
+    const attempt = (err: Error) => {
+      const { server, lease, lost } = setup();
+      lease.write(chunk);
+      server.owner!.serverLost(err, false);
+      return lost[0]!.replay;
+    };
+    expect(attempt(socketLoss())).not.toBeNull();
+    expect(attempt(socketLoss())).toBeNull();
+    const other = Buffer.from("select 2");
+    const attempt2 = (err: Error) => {
+      const { server, lease, lost } = setup();
+      lease.write(other);
+      server.owner!.serverLost(err, false);
+      return lost[0]!.replay;
+    };
+    expect([1, 2, 3, 4].map(() => attempt2(shutdown()) !== null)).toEqual([
+      true,
+      true,
+      true,
+      false,
+    ]);
+  });
+
+  it("gives up on replay past 1 MiB written without an answer", () => {
+    const { server, lease, lost } = setup();
+    lease.write(Buffer.alloc(1 << 20));
+    lease.write(Buffer.alloc(1));
+    server.owner!.serverLost(shutdown(), false);
+    expect(lost[0]!.replay).toBeNull();
+  });
+
+  it("an empty replay when the client had written nothing", () => {
+    const { server, lost } = setup();
+    server.owner!.serverLost(shutdown(), false);
+    expect(lost[0]!.replay).toEqual([]);
+  });
+});
+
+describe("isTransientConnectFailure", () => {
+  const connectErr = (code: string) =>
+    new PgwardenError(
+      "SERVER_CONNECT",
+      "could not connect",
+      {},
+      Object.assign(new Error(code), { code }),
+    );
+  it("retries a server that is down, restarting or full", () => {
+    expect(isTransientConnectFailure(connectErr("ECONNREFUSED"))).toBe(true);
+    expect(isTransientConnectFailure(connectErr("ECONNRESET"))).toBe(true);
+    expect(isTransientConnectFailure(new PgwardenError("SERVER_CONNECT_TIMEOUT", "t"))).toBe(true);
+    for (const code of ["57P01", "57P02", "57P03", "53300"])
+      expect(isTransientConnectFailure(new PgError("FATAL", code, "x"))).toBe(true);
+  });
+  it("fails fast on what retrying cannot fix", () => {
+    for (const code of ["28P01", "28000", "3D000"])
+      expect(isTransientConnectFailure(new PgError("FATAL", code, "x"))).toBe(false);
+    expect(isTransientConnectFailure(connectErr("ENOTFOUND"))).toBe(false);
+    expect(isTransientConnectFailure(new PgwardenError("CREDENTIAL", "no token"))).toBe(false);
+    expect(isTransientConnectFailure(new PgwardenError("SERVER_TLS", "bad certificate"))).toBe(
+      false,
+    );
+    expect(isTransientConnectFailure(new Error("boom"))).toBe(false);
+  });
+});
