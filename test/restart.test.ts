@@ -330,18 +330,16 @@ describe("against a scripted server", () => {
     await fake.stop();
   });
 
-  it("a server that closes before answering: replayed once on another server, then the client gets 08006", async () => {
+  it("a server that closes without a word after the query reached it: never replayed, the client gets 08006", async () => {
     const fake = await FakeServer.start();
     const pw = await fakePooler(fake);
     const c = await connect(pw, "u", "pw", "fake");
-    fake.script = (sql) => (sql.includes("once") && fake.count(sql) === 1 ? "close" : "answer");
-    expect((await c.query("select 'once'")).command).toBe("SELECT");
-    expect(fake.count("select 'once'")).toBe(2);
-
+    // the server may have run it (a commit whose reply was lost): running it again could
+    // commit twice
     fake.script = (sql) => (sql.includes("always") ? "close" : "answer");
     const err = (await c.query("select 'always'").catch((e: unknown) => e)) as { code?: string };
     expect(err.code).toBe("08006");
-    expect(fake.count("select 'always'")).toBe(2);
+    expect(fake.count("select 'always'")).toBe(1);
     await fake.stop();
   });
 

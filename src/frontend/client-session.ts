@@ -894,10 +894,11 @@ export class ClientSession implements LeaseHolder {
 
   /**
    * The server died before it answered anything of this lease, which began at a transaction
-   * boundary: the per-lease state is as it was then (no Z owed, not mid-batch, framer at a
-   * boundary), so start over and feed the same bytes through the normal path to a new lease.
-   * The client waits (paused, its new bytes queued behind the replay) until the next turn of
-   * the event loop: a server that shuts down rarely does so alone, and the FATALs of its idle
+   * boundary: the bytes sent on it go to a new lease, ahead of any still pending. Every client
+   * byte was scanned once, on arrival, and no reply came since the lease began, so expectZ,
+   * dirty and the framer already describe exactly these bytes: they stay as they are. The
+   * client waits (paused, its new bytes queued behind the replay) until the next turn of the
+   * event loop: a server that shuts down rarely does so alone, and the FATALs of its idle
    * siblings, read in this turn, drop them from the pool before the replay picks one.
    */
   private replayOnNewServer(replay: Buffer[], err: Error): void {
@@ -905,10 +906,6 @@ export class ClientSession implements LeaseHolder {
       { client: this.remote, user: this.user, database: this.database, err: err.message },
       "server connection lost before it answered; replaying on another server",
     );
-    this.expectZ = 0;
-    this.dirty = false;
-    this.queries = 0;
-    this.framer.reset();
     // The dead server's drain will never come; the client waits for the new lease instead.
     this.waitingServerDrain = false;
     if (!this.pausedForLease) {

@@ -79,7 +79,7 @@ describe("Lease replay", () => {
     expect(lost[0]!.replay).toBeNull();
   });
 
-  it("replays the same bytes once after a bare socket loss, three times after shutdown FATALs", () => {
+  it("never replays bytes after a bare socket loss; three times after shutdown FATALs", () => {
     const chunk = Buffer.from("select 1");
     const attempt = (err: Error) => {
       const { server, lease, lost } = setup();
@@ -87,7 +87,7 @@ describe("Lease replay", () => {
       server.owner!.serverLost(err, false);
       return lost[0]!.replay;
     };
-    expect(attempt(socketLoss())).not.toBeNull();
+    // the server may have run them (a commit whose reply was lost with the socket)
     expect(attempt(socketLoss())).toBeNull();
     const other = Buffer.from("select 2");
     const attempt2 = (err: Error) => {

@@ -9,10 +9,11 @@
 // client could see happened, and the holder gets those chunks in serverLost to run them on
 // another server. PostgreSQL flushes a reply (or a commit's CommandComplete) before a FATAL, so
 // a shutdown FATAL as the first byte means nothing was committed. A bare socket loss gives no
-// such proof (a commit whose reply was lost with the socket would run twice), so the same bytes
-// are replayed at most once after one, and at most SHUTDOWN_REPLAYS times after shutdown FATALs
-// (a statement that crashes every server it runs on must not take the cluster down for ever).
-// More than REPLAY_MAX_BYTES written without an answer: no replay.
+// such proof (a commit whose reply was lost with the socket would run twice), so it is never
+// replayed once the client wrote anything: the client gets 08006, as from PgBouncer. The same
+// bytes are replayed at most SHUTDOWN_REPLAYS times after shutdown FATALs (a statement that
+// crashes every server it runs on must not take the cluster down for ever). More than
+// REPLAY_MAX_BYTES written without an answer: no replay.
 
 import type { ServerConnection, ServerOwner } from "../backend/index.js";
 import { TxStatus } from "../protocol/index.js";
@@ -115,8 +116,9 @@ export class Lease implements ServerOwner {
     const first = r[0];
     if (first === undefined) return r;
     const shutdown = err instanceof PgError && err.sqlstate.startsWith("57P");
+    if (!shutdown) return null;
     const times = replayed.get(first) ?? 0;
-    if (times >= (shutdown ? SHUTDOWN_REPLAYS : 1)) return null;
+    if (times >= SHUTDOWN_REPLAYS) return null;
     replayed.set(first, times + 1);
     return r;
   }
