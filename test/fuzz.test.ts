@@ -985,13 +985,15 @@ describe(`fuzzing a live pgwarden (seed ${SEED})`, () => {
           }
           // When pgwarden died, every open session was closed without a word: that is the
           // crash, reported once below, not a finding per case.
+          // (Checked after the invariants: the sockets close before the exit is seen here.)
+          const invariants = await checkInvariants(e);
           const died = !alive(e.pw);
           const problems = reports.flatMap((r) =>
             r.problems
               .filter((p) => !(died && p.startsWith("closed without an ErrorResponse")))
               .map((p) => `${p}\n    case: ${r.desc}`),
           );
-          problems.push(...hookProblems, ...(await checkInvariants(e)));
+          problems.push(...hookProblems, ...invariants);
           if (problems.length > 0) {
             const cases = reports.map((r, i) => `  #${i} [${r.outcome}] ${r.desc}`).join("\n");
             throw new Error(
