@@ -11,7 +11,10 @@
 // event, or `chunk.length` when the chunk holds no further event; the caller loops. Headers and
 // collected bodies that straddle chunks are stitched in small private buffers. No closures, no
 // Promises, no per-message allocation on the common path (a body that fits in its chunk is a
-// subarray of it).
+// subarray of it). A header with an invalid length, or a collected body over the limit, throws
+// ProtocolError and leaves the framer failed: every later feed() throws again and atBoundary is
+// false for good, because the bytes already passed on (a partial header from an earlier chunk,
+// say) cannot be taken back; whoever received them holds a broken stream and must not be reused.
 
 import { ProtocolError } from "./reader.js";
 
@@ -45,14 +48,20 @@ export class Framer {
   private collecting: Buffer | null = null;
   private collectFill = 0;
   private collectType = 0;
+  private failed = false;
 
   constructor(modes: Uint8Array) {
     this.modes = modes;
   }
 
-  /** True between messages: no partial header or body pending. */
+  /** True between messages: no partial header or body pending, and no protocol error seen. */
   get atBoundary(): boolean {
-    return this.hdrFill === 0 && this.remaining === 0;
+    return this.hdrFill === 0 && this.remaining === 0 && !this.failed;
+  }
+
+  /** True once feed() has thrown: the stream cannot be framed any further. */
+  get hasFailed(): boolean {
+    return this.failed;
   }
 
   /** Back to a message boundary, forgetting any partial message (the stream starts over). */
@@ -66,6 +75,7 @@ export class Framer {
 
   feed(chunk: Buffer, pos: number): number {
     this.event = EVENT_NONE;
+    if (this.failed) throw new ProtocolError("message stream already failed");
     const end = chunk.length;
     while (pos < end) {
       if (this.remaining > 0) {
@@ -104,7 +114,10 @@ export class Framer {
         type = this.hdr[0]!;
         len = this.hdr.readInt32BE(1);
       }
-      if (len < 4) throw new ProtocolError(`invalid length ${len} for message type ${type}`);
+      if (len < 4) {
+        this.failed = true;
+        throw new ProtocolError(`invalid length ${len} for message type ${type}`);
+      }
       const bodyLen = len - 4;
       let mode = this.collectAll ? FRAME_COLLECT : this.modes[type]!;
       if (mode === FRAME_COLLECT_SMALL)
@@ -112,6 +125,7 @@ export class Framer {
 
       if (mode === FRAME_COLLECT) {
         if (bodyLen > MAX_COLLECT && !this.collectAll) {
+          this.failed = true;
           throw new ProtocolError(`message type ${type} too long (${bodyLen} bytes)`);
         }
         if (bodyLen <= end - pos) {

@@ -79,7 +79,9 @@ export type StartupPacket =
   | { kind: "startup"; params: Map<string, string> }
   | { kind: "unsupported"; version: number };
 
+/** Parses a whole untyped startup-phase packet (length word included, as nextStartup returns it). */
 export function parseStartupPacket(packet: Buffer): StartupPacket {
+  if (packet.length < 8) throw new ProtocolError("invalid startup packet length");
   const code = packet.readInt32BE(4);
   if (code === SSL_REQUEST_CODE) return { kind: "ssl" };
   if (code === GSSENC_REQUEST_CODE) return { kind: "gssenc" };
@@ -131,10 +133,21 @@ export function parsePasswordMessage(body: Buffer): string {
   return body.toString("utf8", 0, end < 0 ? body.length : end);
 }
 
+/**
+ * The SASLInitialResponse body: mechanism, Int32 length of the data (-1: none), the data. As in
+ * PostgreSQL (pq_getmsgbytes, pq_getmsgend), a length that is negative other than -1 or runs past
+ * the body, and bytes after the data, are protocol violations.
+ */
 export function parseSaslInitialResponse(body: Buffer): { mechanism: string; data: string } {
   const [mechanism, off] = readCString(body, 0);
   if (off + 4 > body.length) throw new ProtocolError("truncated SASLInitialResponse");
   const len = body.readInt32BE(off);
-  const data = len < 0 ? "" : body.toString("utf8", off + 4, off + 4 + len);
-  return { mechanism, data };
+  if (len === -1) {
+    if (off + 4 !== body.length) throw new ProtocolError("invalid SASLInitialResponse format");
+    return { mechanism, data: "" };
+  }
+  if (len < 0 || len > body.length - off - 4)
+    throw new ProtocolError("invalid SASLInitialResponse data length");
+  if (off + 4 + len !== body.length) throw new ProtocolError("invalid SASLInitialResponse format");
+  return { mechanism, data: body.toString("utf8", off + 4, off + 4 + len) };
 }
