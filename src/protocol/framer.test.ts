@@ -85,18 +85,6 @@ describe("Framer", () => {
     expect(events).toHaveLength(2);
   });
 
-  it("reset() forgets a partial message and starts at a boundary", () => {
-    const f = new Framer(modes);
-    const z = readyForQuery("I");
-    f.feed(dataRow(["abc"]).subarray(0, 7), 0);
-    f.reset();
-    expect(f.atBoundary).toBe(true);
-    expect(scanAll(f, [z.subarray(0, 3), z.subarray(3)])).toEqual([["Z", "I"]]);
-    f.feed(z.subarray(0, 2), 0);
-    f.reset();
-    expect(scanAll(f, [z])).toEqual([["Z", "I"]]);
-  });
-
   it("rejects a length below 4", () => {
     const f = new Framer(modes);
     expect(() => f.feed(Buffer.from([0x44, 0, 0, 0, 2]), 0)).toThrow(/invalid length/);

@@ -64,15 +64,6 @@ export class Framer {
     return this.failed;
   }
 
-  /** Back to a message boundary, forgetting any partial message (the stream starts over). */
-  reset(): void {
-    this.event = EVENT_NONE;
-    this.hdrFill = 0;
-    this.remaining = 0;
-    this.collecting = null;
-    this.collectFill = 0;
-  }
-
   feed(chunk: Buffer, pos: number): number {
     this.event = EVENT_NONE;
     if (this.failed) throw new ProtocolError("message stream already failed");
