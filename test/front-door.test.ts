@@ -128,6 +128,20 @@ describe("broken messages never take pgwarden down", () => {
     expect(by.count()).toBeGreaterThan(0);
   });
 
+  it("a Terminate whose header is split across writes: the server that got its first byte is not reused", async () => {
+    const raw = await RawClient.connect(pw);
+    await raw.login("door", "pw", "doordb");
+    raw.send("X"); // leases a server and sends it this byte
+    await sleep(100);
+    raw.send(Buffer.from([0, 0, 0, 4]));
+    expect(await raw.waitClosed(5000)).toBe(true);
+    expect(raw.errors()).toEqual([]);
+    // the next client gets the most recently released server, if it was released
+    const c = await connect(pw, "door", "pw", "doordb", { query_timeout: 3000 });
+    for (let i = 0; i < 4; i++) expect((await c.query("select 1 as x")).rows[0].x).toBe(1);
+    await c.end();
+  });
+
   it("refuses message types that are not frontend messages, like PostgreSQL", async () => {
     const raw = await RawClient.connect(pw);
     await raw.login("door", "pw", "doordb");

@@ -761,6 +761,13 @@ export class ClientSession implements LeaseHolder {
           this.dirty = true;
           break;
         case Msg.Terminate:
+          if (pos < 5) {
+            // The header began in an earlier chunk, already sent (or queued) as the start of a
+            // message the server will never see the end of: that server cannot be reused.
+            this.broken = true;
+            this.close();
+            return;
+          }
           this.terminate(chunk.subarray(0, pos - 5));
           return;
         case Msg.CopyData:
