@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parsePgbench, runPgbench } from "./harness/clients.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
+import { queryMessage, RawClient } from "./harness/raw-client.js";
 import { connect, eventually, loginError, logLines, sleep } from "./helpers.js";
 
 let cluster: PgCluster;
@@ -291,7 +292,8 @@ describe("a query sent while the server is down", () => {
 describe("a client inside a transaction", () => {
   it("gets exactly one FATAL, the server's 57P01, not a second one from pgwarden", async () => {
     const pw = await pooler();
-    const raw = await RawClient.login(pw, "rs", "pw", "rsdb");
+    const raw = await RawClient.connect(pw);
+    await raw.login("rs", "pw", "rsdb");
     await raw.query("begin");
     await raw.query("select 1");
     expect(raw.txStatus).toBe("T");
@@ -352,8 +354,10 @@ describe("against a scripted server", () => {
     expect(fake.count("select 'thrice'")).toBe(4);
 
     fake.script = (sql) => (sql.includes("always") ? "fatal" : "answer");
-    const raw = await RawClient.login(pw, "u", "pw", "fake");
-    const errors = raw.sendAndCollectErrors("select 'always'");
+    const raw = await RawClient.connect(pw);
+    await raw.login("u", "pw", "fake");
+    raw.send(queryMessage("select 'always'"));
+    const errors = raw.errorsUntilClose();
     expect(await errors).toEqual([expect.objectContaining({ S: "FATAL", C: "57P01" })]);
     expect(fake.count("select 'always'")).toBe(4);
     await c.end();
@@ -473,132 +477,4 @@ function raw(type: string, body: Buffer): Buffer {
   head.write(type, 0);
   head.writeInt32BE(4 + body.length, 1);
   return Buffer.concat([head, body]);
-}
-
-/** A protocol-level client (cleartext password auth) that sees every message pgwarden sends. */
-class RawClient {
-  private buf = Buffer.alloc(0);
-  private waiter: (() => void) | null = null;
-  private closed = false;
-  txStatus = "";
-
-  private constructor(private readonly socket: net.Socket) {
-    socket.on("data", (c: Buffer) => {
-      this.buf = Buffer.concat([this.buf, c]);
-      this.wake();
-    });
-    socket.on("close", () => {
-      this.closed = true;
-      this.wake();
-    });
-    socket.on("error", () => {});
-  }
-
-  static async login(
-    pw: { host: string; port: number },
-    user: string,
-    password: string,
-    database: string,
-  ): Promise<RawClient> {
-    const socket = net.connect({ host: pw.host, port: pw.port });
-    await new Promise<void>((resolve, reject) => {
-      socket.once("connect", resolve);
-      socket.once("error", reject);
-    });
-    const c = new RawClient(socket);
-    const params = Buffer.from(`user\0${user}\0database\0${database}\0\0`);
-    const startup = Buffer.alloc(8);
-    startup.writeInt32BE(8 + params.length, 0);
-    startup.writeInt32BE(196608, 4);
-    socket.write(Buffer.concat([startup, params]));
-    for (;;) {
-      const m = await c.next();
-      if (m === null) throw new Error("closed during login");
-      if (m.type === "R" && m.body.readInt32BE(0) === 3)
-        socket.write(message("p", `${password}\0`));
-      else if (m.type === "E") throw new Error(`login failed: ${JSON.stringify(fields(m.body))}`);
-      else if (m.type === "Z") {
-        c.txStatus = String.fromCharCode(m.body[0]!);
-        return c;
-      }
-    }
-  }
-
-  /** Simple query; resolves at ReadyForQuery, rejects on an ErrorResponse. */
-  async query(sql: string): Promise<void> {
-    this.socket.write(message("Q", `${sql}\0`));
-    let error: Record<string, string> | null = null;
-    for (;;) {
-      const m = await this.next();
-      if (m === null) throw new Error("connection closed");
-      if (m.type === "E") error = fields(m.body);
-      if (m.type === "Z") {
-        this.txStatus = String.fromCharCode(m.body[0]!);
-        if (error) throw new Error(JSON.stringify(error));
-        return;
-      }
-    }
-  }
-
-  /** Sends a simple query, then collects every ErrorResponse until the connection closes. */
-  sendAndCollectErrors(sql: string): Promise<Array<Record<string, string>>> {
-    this.socket.write(message("Q", `${sql}\0`));
-    return this.errorsUntilClose();
-  }
-
-  /** Every ErrorResponse until the connection closes (or 20 s pass). */
-  async errorsUntilClose(): Promise<Array<Record<string, string>>> {
-    const out: Array<Record<string, string>> = [];
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      const m = await Promise.race([this.next(), sleep(Math.max(1, deadline - Date.now()))]);
-      if (!m) break;
-      if (m.type === "E") out.push(fields(m.body));
-    }
-    this.socket.destroy();
-    return out;
-  }
-
-  private wake(): void {
-    const w = this.waiter;
-    this.waiter = null;
-    w?.();
-  }
-
-  private async next(): Promise<{ type: string; body: Buffer } | null> {
-    for (;;) {
-      if (this.buf.length >= 5) {
-        const len = this.buf.readInt32BE(1);
-        if (this.buf.length >= 1 + len) {
-          const type = String.fromCharCode(this.buf[0]!);
-          const body = this.buf.subarray(5, 1 + len);
-          this.buf = this.buf.subarray(1 + len);
-          return { type, body };
-        }
-      }
-      if (this.closed) return null;
-      await new Promise<void>((r) => {
-        this.waiter = r;
-      });
-    }
-  }
-}
-
-function message(type: string, payload: string): Buffer {
-  const body = Buffer.from(payload);
-  const head = Buffer.alloc(5);
-  head.write(type, 0);
-  head.writeInt32BE(4 + body.length, 1);
-  return Buffer.concat([head, body]);
-}
-
-function fields(body: Buffer): Record<string, string> {
-  const out: Record<string, string> = {};
-  let off = 0;
-  while (off < body.length && body[off] !== 0) {
-    const end = body.indexOf(0, off + 1);
-    out[String.fromCharCode(body[off]!)] = body.toString("utf8", off + 1, end);
-    off = end + 1;
-  }
-  return out;
 }

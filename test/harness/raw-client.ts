@@ -5,6 +5,7 @@ import net from "node:net";
 import {
   MessageBuffer,
   parseErrorFields,
+  passwordMessage,
   ScramClient,
   saslInitialResponse,
   saslResponse,
@@ -113,16 +114,54 @@ export class RawClient {
     return this.received.filter((m) => m.type === "E").map(errorFields);
   }
 
-  /** StartupMessage and a SCRAM-SHA-256 login; resolves at the first ReadyForQuery. */
+  /** Transaction status of the last ReadyForQuery ("I", "T", "E"). */
+  get txStatus(): string {
+    for (let i = this.received.length - 1; i >= 0; i--) {
+      const m = this.received[i]!;
+      if (m.type === "Z") return String.fromCharCode(m.body[0]!);
+    }
+    return "";
+  }
+
+  /**
+   * StartupMessage and a login with SCRAM-SHA-256 or a cleartext password, whichever the server
+   * asks for; resolves at the first ReadyForQuery (throws with the error if the login fails).
+   */
   async login(user: string, password: string, database: string): Promise<RawMessage[]> {
     this.send(startupMessage({ user, database }));
-    const [sasl] = await this.until("R");
-    if (sasl!.body.readInt32BE(0) !== 10) throw new Error("expected AuthenticationSASL");
+    const [auth] = (await this.until("R")).slice(-1);
+    const code = auth!.body.readInt32BE(0);
+    if (code === 3) {
+      this.send(passwordMessage(password));
+      return this.until("Z");
+    }
+    if (code !== 10) throw new Error(`unsupported authentication request ${code}`);
     const scram = new ScramClient(password);
     this.send(saslInitialResponse("SCRAM-SHA-256", scram.clientFirstMessage()));
     const cont = (await this.until("R")).at(-1)!;
     this.send(saslResponse(scram.handleServerFirst(cont.body.toString("utf8", 4))));
     return this.until("Z");
+  }
+
+  /** Runs a simple query; resolves at its ReadyForQuery, rejects with an ErrorResponse's fields. */
+  async query(sql: string, timeoutMs = 10_000): Promise<RawMessage[]> {
+    this.send(queryMessage(sql));
+    const msgs = await this.until("Z", timeoutMs);
+    const err = msgs.find((m) => m.type === "E");
+    if (err) throw new Error(JSON.stringify(errorFields(err)));
+    return msgs;
+  }
+
+  /** Every ErrorResponse from now until the connection closes (or `ms` pass), then closes. */
+  async errorsUntilClose(ms = 20_000): Promise<Array<Record<string, string>>> {
+    const from = this.read;
+    await this.waitClosed(ms);
+    this.read = this.received.length;
+    this.close();
+    return this.received
+      .slice(from)
+      .filter((m) => m.type === "E")
+      .map(errorFields);
   }
 
   close(): void {
