@@ -9,8 +9,11 @@
 // tens of seconds before the engine's backoff got a say), and after a failure or a timed-out
 // fetch the credential object is replaced, so the next attempt starts afresh. MSAL's
 // managed-identity token cache is process-wide and keyed by the identity, so replacing the
-// object does not drop a cached token: after the server rejects a token that still has more
-// than 5 minutes to live, MSAL may hand the same token back (docs/azure.md).
+// object does not drop a cached token, and getToken() has no way to skip that cache: after the
+// server rejected a token that still has more than 5 minutes to live, MSAL would hand the same
+// token back. So the fetch after a rejection asks the credential's MSAL application directly
+// with forceRefresh (an internal of @azure/identity 4.13.1, which package.json pins; the
+// rejection test in test/identity-providers.test.ts fails if an upgrade moves it).
 //
 // When AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_ID and AZURE_TENANT_ID are all set (an AKS pod
 // with workload identity), the SDK silently uses workload identity instead of the managed
@@ -31,6 +34,8 @@ export class AzureManagedIdentityProvider implements TokenProvider {
   readonly kind = "azure_managed_identity";
   readonly description: Readonly<Record<string, string | number>>;
   private credential: ManagedIdentityCredential;
+  /** The server rejected the last token: the next fetch must not come from MSAL's cache. */
+  private forceNext = false;
 
   constructor(private readonly settings: AzureManagedIdentitySettings) {
     this.description = settings.clientId
@@ -53,6 +58,19 @@ export class AzureManagedIdentityProvider implements TokenProvider {
     const credential = this.credential;
     signal.addEventListener("abort", () => this.replace(credential), { once: true });
     try {
+      const app = this.forceNext ? msalApp(credential) : undefined;
+      if (app) {
+        const r = await app.acquireToken({
+          resource: AZURE_POSTGRES_SCOPE.replace(/\/\.default$/, ""),
+          forceRefresh: true,
+        });
+        this.forceNext = false;
+        return {
+          secret: r.accessToken,
+          expiresAt: r.expiresOn.getTime(),
+          refreshAt: r.refreshOn?.getTime(),
+        };
+      }
       const t = await credential.getToken(AZURE_POSTGRES_SCOPE, { abortSignal: signal });
       if (!t) throw new Error("the managed identity endpoint returned no token");
       return {
@@ -67,10 +85,26 @@ export class AzureManagedIdentityProvider implements TokenProvider {
   }
 
   invalidate(): void {
+    this.forceNext = true;
     this.replace(this.credential);
   }
 
   private replace(failed: ManagedIdentityCredential): void {
     if (this.credential === failed) this.credential = this.makeCredential();
   }
+}
+
+/** The MSAL ManagedIdentityApplication inside a ManagedIdentityCredential (4.13.1), if there. */
+interface MsalManagedIdentityApp {
+  acquireToken(request: { resource: string; forceRefresh: boolean }): Promise<{
+    accessToken: string;
+    expiresOn: Date;
+    refreshOn?: Date;
+  }>;
+}
+
+function msalApp(credential: ManagedIdentityCredential): MsalManagedIdentityApp | undefined {
+  const app = (credential as unknown as { managedIdentityApp?: MsalManagedIdentityApp })
+    .managedIdentityApp;
+  return app && typeof app.acquireToken === "function" ? app : undefined;
 }
