@@ -39,10 +39,10 @@ export class AzureManagedIdentityProvider implements TokenProvider {
 
   constructor(private readonly settings: AzureManagedIdentitySettings) {
     this.description = settings.clientId
-      ? { identity: "user-assigned", client_id: settings.clientId }
+      ? { assigned: "user", client_id: settings.clientId }
       : settings.resourceId
-        ? { identity: "user-assigned", resource_id: settings.resourceId }
-        : { identity: "system-assigned" };
+        ? { assigned: "user", resource_id: settings.resourceId }
+        : { assigned: "system" };
     this.credential = this.makeCredential();
   }
 
