@@ -34,6 +34,32 @@ export interface CommandSettings {
   readonly env: Readonly<Record<string, string | undefined>>;
 }
 
+/**
+ * Process groups of commands still running. Each runs in its own group (so that a kill reaches
+ * what it started), which also keeps it alive if pgwarden exits: kill them on the way out.
+ */
+const running = new Set<number>();
+let exitHook = false;
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
+function track(pid: number | undefined): void {
+  if (pid === undefined) return;
+  running.add(pid);
+  if (!exitHook) {
+    exitHook = true;
+    process.once("exit", () => {
+      for (const p of running) killGroup(p);
+    });
+  }
+}
+
 interface RunResult {
   readonly stdout: Buffer;
   readonly stderr: string;
@@ -84,6 +110,7 @@ export class CommandProvider implements TokenProvider {
           PGWARDEN_SERVER_DATABASE: s.database,
         },
       });
+      track(child.pid);
       const out: Buffer[] = [];
       let outBytes = 0;
       let err = "";
@@ -111,6 +138,7 @@ export class CommandProvider implements TokenProvider {
         failure ??= `could not be started (${e.code ?? e.message})`;
       });
       child.on("close", (code, sig) => {
+        if (child.pid !== undefined) running.delete(child.pid);
         signal.removeEventListener("abort", onAbort);
         const stderr = shortStderr(err);
         const tail = stderr ? `; stderr: ${stderr}` : "";
