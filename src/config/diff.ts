@@ -92,13 +92,22 @@ export function isEmptyDiff(d: ConfigDiff): boolean {
   );
 }
 
-// Config leaves are all primitives (or undefined), so === is the right equality.
+// Config leaves are primitives (or undefined), except server_auth_command, an array of strings:
+// compared by value so that a reload of an unchanged file does not rebuild that pool.
 function changedKeys<T extends GeneralConfig | AdminConfig | DatabaseConfig | UserConfig>(
   a: T,
   b: T,
 ): (keyof T)[] {
   const keys = new Set([...Object.keys(a), ...Object.keys(b)] as (keyof T)[]);
-  return [...keys].filter((k) => a[k] !== b[k]);
+  return [...keys].filter(
+    (k) =>
+      a[k] !== b[k] &&
+      !(
+        Array.isArray(a[k]) &&
+        Array.isArray(b[k]) &&
+        JSON.stringify(a[k]) === JSON.stringify(b[k])
+      ),
+  );
 }
 
 function byName(dbs: readonly DatabaseConfig[]): Map<string, DatabaseConfig> {

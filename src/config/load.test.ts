@@ -94,9 +94,14 @@ describe("defaults", () => {
         server_iam_host: undefined,
         azure_client_id: undefined,
         azure_tenant_id: undefined,
+        azure_resource_id: undefined,
+        server_iam_role_arn: undefined,
+        server_iam_external_id: undefined,
+        server_iam_session_name: undefined,
         server_vault_path: undefined,
         vault_refresh_percent: undefined,
         server_auth_command: undefined,
+        server_auth_command_ttl: undefined,
       },
     ]);
     expect(c.files).toEqual(FILES);
@@ -198,6 +203,7 @@ name = "cmd"
 database = "app"
 password = "client"
 server_password = "server"
+server_auth = "command"
 server_auth_command = "/bin/get-token"
 `,
     );
@@ -237,7 +243,7 @@ server_auth_command = "/bin/get-token"
     expect(c.users[3]).toMatchObject({
       password: "client",
       server_password: "server",
-      server_auth_command: "/bin/get-token",
+      server_auth_command: ["/bin/get-token"],
     });
   });
 
@@ -245,6 +251,69 @@ server_auth_command = "/bin/get-token"
     expect(() => parse(CONFIG, `${USERS}server_auth = "vault_dynamic"\n`)).toThrow(
       /users\.toml: \[\[users\]\]\[0\].*key "server_auth": "vault_dynamic" is not supported yet/,
     );
+  });
+
+  it("checks the keys of the managed identity, Cloud SQL, role assumption and command modes", () => {
+    const rds = CONFIG.replace(
+      /host = "[^"]*"/,
+      'host = "mydb.abc.eu-central-1.rds.amazonaws.com"',
+    );
+    const role = parse(
+      rds,
+      `${USERS}server_auth = "rds_iam"\nserver_iam_role_arn = "arn:aws:iam::123456789012:role/db-login"\nserver_iam_external_id = "ext-1"\nserver_iam_session_name = "pgw"\n`,
+    ).users[0];
+    expect(role).toMatchObject({
+      server_iam_role_arn: "arn:aws:iam::123456789012:role/db-login",
+      server_iam_external_id: "ext-1",
+      server_iam_session_name: "pgw",
+    });
+    expect(() =>
+      parse(rds, `${USERS}server_auth = "rds_iam"\nserver_iam_role_arn = "db-login"\n`),
+    ).toThrow(/key "server_iam_role_arn": expected an IAM role ARN/);
+    expect(() =>
+      parse(rds, `${USERS}server_auth = "rds_iam"\nserver_iam_external_id = "ext-1"\n`),
+    ).toThrow(/key "server_iam_external_id": needs "server_iam_role_arn"/);
+    expect(() =>
+      parse(CONFIG, `${USERS}server_iam_role_arn = "arn:aws:iam::123456789012:role/x"\n`),
+    ).toThrow(/key "server_iam_role_arn": is only used with server_auth = "rds_iam"/);
+    const mi = parse(
+      CONFIG,
+      `${USERS}server_auth = "azure_managed_identity"\nazure_resource_id = "/subscriptions/s/resourcegroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id"\n`,
+    ).users[0];
+    expect(mi?.azure_resource_id).toMatch(/userAssignedIdentities/);
+    expect(() =>
+      parse(
+        CONFIG,
+        `${USERS}server_auth = "azure_managed_identity"\nazure_resource_id = "/x"\nazure_client_id = "c"\n`,
+      ),
+    ).toThrow(/not both/);
+    expect(
+      parse(CONFIG, `${USERS}server_auth = "gcp_cloudsql_iam"\nserver_user = "app-sa@proj.iam"\n`)
+        .users[0]?.server_user,
+    ).toBe("app-sa@proj.iam");
+    expect(() =>
+      parse(
+        CONFIG,
+        `${USERS}server_auth = "gcp_cloudsql_iam"\nserver_user = "app-sa@proj.iam.gserviceaccount.com"\n`,
+      ),
+    ).toThrow(/key "server_user": Cloud SQL .* use "app-sa@proj\.iam"/);
+    const cmd = parse(
+      CONFIG,
+      `${USERS}server_auth = "command"\nserver_auth_command = ["/bin/tok", "--user", "x"]\nserver_auth_command_ttl = 60000\n`,
+    ).users[0];
+    expect(cmd).toMatchObject({
+      server_auth_command: ["/bin/tok", "--user", "x"],
+      server_auth_command_ttl: 60000,
+    });
+    expect(() => parse(CONFIG, `${USERS}server_auth = "command"\n`)).toThrow(
+      /needs "server_auth_command"/,
+    );
+    expect(() =>
+      parse(CONFIG, `${USERS}server_auth = "command"\nserver_auth_command = "/bin/tok --user x"\n`),
+    ).toThrow(/argv array/);
+    expect(() =>
+      parse(CONFIG, `${USERS}server_auth = "command"\nserver_auth_command = []\n`),
+    ).toThrow(/key "server_auth_command"/);
   });
 
   it("refuses token auth without TLS to the server", () => {

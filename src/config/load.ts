@@ -278,6 +278,67 @@ function buildDatabases(
   });
 }
 
+type UserEntry = NonNullable<UsersFile["users"]>[number];
+
+/** Keys that belong to one server_auth mode, and what each mode needs. */
+function checkProviderKeys(
+  u: UserEntry,
+  serverAuth: string,
+  at: (key: string, text: string) => void,
+): void {
+  const onlyFor: ReadonlyArray<readonly [keyof UserEntry, string]> = [
+    ["server_iam_role_arn", "rds_iam"],
+    ["server_iam_external_id", "rds_iam"],
+    ["server_iam_session_name", "rds_iam"],
+    ["azure_resource_id", "azure_managed_identity"],
+    ["server_auth_command", "command"],
+    ["server_auth_command_ttl", "command"],
+  ];
+  for (const [key, mode] of onlyFor) {
+    if (u[key] !== undefined && serverAuth !== mode) {
+      at(
+        key,
+        `is only used with server_auth = ${quote(mode)} (this user has ${quote(serverAuth)})`,
+      );
+    }
+  }
+  if (serverAuth === "rds_iam" && u.server_iam_role_arn === undefined) {
+    for (const key of ["server_iam_external_id", "server_iam_session_name"] as const) {
+      if (u[key] !== undefined) at(key, 'needs "server_iam_role_arn" (the role to assume)');
+    }
+  }
+  if (
+    serverAuth === "azure_managed_identity" &&
+    u.azure_resource_id !== undefined &&
+    u.azure_client_id !== undefined
+  ) {
+    at(
+      "azure_resource_id",
+      'name a user-assigned identity by "azure_client_id" or by "azure_resource_id", not both',
+    );
+  }
+  if (serverAuth === "gcp_cloudsql_iam") {
+    const serverUser = u.server_user ?? u.name;
+    if (/\.gserviceaccount\.com$/i.test(serverUser)) {
+      at(
+        u.server_user !== undefined ? "server_user" : "name",
+        `Cloud SQL names a service account's database user by its email without ".gserviceaccount.com": use ${quote(serverUser.replace(/\.gserviceaccount\.com$/i, ""))}`,
+      );
+    }
+  }
+  if (serverAuth === "command") {
+    const cmd = u.server_auth_command;
+    if (cmd === undefined) {
+      at("server_auth", 'server_auth = "command" needs "server_auth_command" (an argv array)');
+    } else if (typeof cmd === "string" && /\s/.test(cmd)) {
+      at(
+        "server_auth_command",
+        'a string is one program path, run without a shell; give arguments as an argv array: ["/path/to/tool", "--flag"]',
+      );
+    }
+  }
+}
+
 function buildUsers(
   usr: Parsed<UsersFile>,
   general: GeneralConfig,
@@ -326,6 +387,13 @@ function buildUsers(
         );
       }
     }
+    checkProviderKeys(u, serverAuth, at);
+    const command =
+      u.server_auth_command === undefined
+        ? undefined
+        : typeof u.server_auth_command === "string"
+          ? [u.server_auth_command]
+          : u.server_auth_command;
     const poolSize = u.pool_size ?? general.default_pool_size;
     let minPoolSize = u.min_pool_size ?? general.min_pool_size;
     if (u.min_pool_size !== undefined && u.min_pool_size > poolSize) {
@@ -350,9 +418,14 @@ function buildUsers(
       server_iam_host: u.server_iam_host,
       azure_client_id: u.azure_client_id,
       azure_tenant_id: u.azure_tenant_id,
+      azure_resource_id: u.azure_resource_id,
+      server_iam_role_arn: u.server_iam_role_arn,
+      server_iam_external_id: u.server_iam_external_id,
+      server_iam_session_name: u.server_iam_session_name,
       server_vault_path: u.server_vault_path,
       vault_refresh_percent: u.vault_refresh_percent,
-      server_auth_command: u.server_auth_command,
+      server_auth_command: command,
+      server_auth_command_ttl: u.server_auth_command_ttl,
     };
   });
 }

@@ -25,6 +25,9 @@ export const SUPPORTED_SERVER_AUTH: ReadonlySet<string> = new Set([
   "password",
   "rds_iam",
   "azure_workload_identity",
+  "azure_managed_identity",
+  "gcp_cloudsql_iam",
+  "command",
 ]);
 
 /** [general] keys a reload cannot apply to a running process (listeners are bound, the logger made). */

@@ -138,9 +138,38 @@ export const userSchema = z
       server_iam_host: nonEmpty.optional(),
       azure_client_id: nonEmpty.optional(),
       azure_tenant_id: nonEmpty.optional(),
+      azure_resource_id: nonEmpty.optional(),
+      server_iam_role_arn: z
+        .string(expected("an IAM role ARN (arn:aws:iam::<account>:role/<name>)"))
+        .regex(
+          /^arn:aws[\w-]*:iam::\d{12}:role\/[\w+=,.@/-]+$/,
+          "expected an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+        )
+        .optional(),
+      server_iam_external_id: z
+        .string(expected("an external id (2-1224 characters of [A-Za-z0-9+=,.@:/-])"))
+        .regex(
+          /^[\w+=,.@:/-]{2,1224}$/,
+          "expected an external id (2-1224 characters of [A-Za-z0-9+=,.@:/-])",
+        )
+        .optional(),
+      server_iam_session_name: z
+        .string(expected("a role session name (2-64 characters of [A-Za-z0-9+=,.@-])"))
+        .regex(
+          /^[\w+=,.@-]{2,64}$/,
+          "expected a role session name (2-64 characters of [A-Za-z0-9+=,.@-])",
+        )
+        .optional(),
       server_vault_path: nonEmpty.optional(),
       vault_refresh_percent: int(1, 99, "a percentage (1-99)").optional(),
-      server_auth_command: nonEmpty.optional(),
+      // An argv, run without a shell; a string is a program without arguments.
+      server_auth_command: z
+        .union(
+          [nonEmpty, z.array(nonEmpty).min(1)],
+          expected("a program path or an argv array of non-empty strings"),
+        )
+        .optional(),
+      server_auth_command_ttl: positiveDuration.optional(),
     },
     table,
   )

@@ -75,9 +75,18 @@ export interface UserConfig {
   readonly server_iam_host: string | undefined;
   readonly azure_client_id: string | undefined;
   readonly azure_tenant_id: string | undefined;
+  /** A user-assigned managed identity by its ARM resource id (instead of azure_client_id). */
+  readonly azure_resource_id: string | undefined;
+  /** rds_iam: sign with the credentials of this role (STS AssumeRole on the default chain). */
+  readonly server_iam_role_arn: string | undefined;
+  readonly server_iam_external_id: string | undefined;
+  readonly server_iam_session_name: string | undefined;
   readonly server_vault_path: string | undefined;
   readonly vault_refresh_percent: number | undefined;
-  readonly server_auth_command: string | undefined;
+  /** command: the argv (no shell); a string in the file is a program without arguments. */
+  readonly server_auth_command: readonly string[] | undefined;
+  /** command: lifetime of a bare secret (ms); JSON output carries its own expiry. */
+  readonly server_auth_command_ttl: number | undefined;
 }
 
 export interface AdminConfig {

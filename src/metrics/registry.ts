@@ -38,7 +38,19 @@ export interface Metrics {
 }
 
 /** Description keys that may appear in the `identity` label, in the order they are written. */
-export const IDENTITY_KEYS = ["host", "port", "user", "region", "tenant_id", "client_id"] as const;
+export const IDENTITY_KEYS = [
+  "host",
+  "port",
+  "user",
+  "region",
+  "role_arn",
+  "tenant_id",
+  "client_id",
+  "resource_id",
+  "assigned",
+  "source",
+  "command",
+] as const;
 
 /** "host=db.example port=5432 user=app region=eu-west-1": the allow-listed description keys. */
 export function identityLabel(description: Readonly<Record<string, string | number>>): string {

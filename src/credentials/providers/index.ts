@@ -4,10 +4,16 @@ import { type DatabaseConfig, inferRdsRegion, type UserConfig } from "../../conf
 import { PgwardenError } from "../../util/index.js";
 import { credentialKey } from "../engine.js";
 import type { TokenProvider } from "../types.js";
+import { AzureManagedIdentityProvider } from "./azure-managed-identity.js";
 import { AzureWorkloadIdentityProvider } from "./azure-workload-identity.js";
+import { CommandProvider } from "./command.js";
+import { GcpCloudSqlIamProvider } from "./gcp-cloudsql-iam.js";
 import { RdsIamProvider } from "./rds-iam.js";
 
+export { AzureManagedIdentityProvider } from "./azure-managed-identity.js";
 export { AZURE_POSTGRES_SCOPE, AzureWorkloadIdentityProvider } from "./azure-workload-identity.js";
+export { CommandProvider, parseCommandOutput } from "./command.js";
+export { CLOUD_SQL_LOGIN_SCOPE, GcpCloudSqlIamProvider } from "./gcp-cloudsql-iam.js";
 export { RDS_TOKEN_LIFETIME_MS, RdsIamProvider } from "./rds-iam.js";
 
 export interface Identity {
@@ -36,13 +42,26 @@ export function identityFor(user: UserConfig, db: DatabaseConfig, env: Env): Ide
           `${label}: server_auth "rds_iam" needs "server_iam_region": it cannot be inferred from host "${signingHost}"`,
         );
       }
-      const settings = { signingHost, port: db.port, user: user.server_user, region };
+      const settings = {
+        signingHost,
+        port: db.port,
+        user: user.server_user,
+        region,
+        roleArn: user.server_iam_role_arn,
+        externalId: user.server_iam_external_id,
+        sessionName: user.server_iam_session_name,
+      };
       return {
         key: credentialKey("rds_iam", {
           host: signingHost,
           port: db.port,
           user: user.server_user,
           region,
+          role: user.server_iam_role_arn,
+          external_id: user.server_iam_external_id,
+          session: user.server_iam_session_name,
+          // The chain (and so the role's caller) may come from a file or an endpoint.
+          sts_endpoint: user.server_iam_role_arn ? env.AWS_ENDPOINT_URL_STS : undefined,
         }),
         make: () => new RdsIamProvider(settings),
       };
@@ -72,6 +91,64 @@ export function identityFor(user: UserConfig, db: DatabaseConfig, env: Env): Ide
         }),
         make: () =>
           new AzureWorkloadIdentityProvider({ tenantId, clientId, tokenFile, authorityHost }),
+      };
+    }
+    case "azure_managed_identity": {
+      const clientId = user.azure_client_id;
+      const resourceId = user.azure_resource_id;
+      return {
+        key: credentialKey("azure_managed_identity", {
+          client: clientId,
+          resource_id: resourceId,
+          // Where the SDK asks (App Service / Functions / Arc / IMDS variants).
+          endpoint:
+            env.IDENTITY_ENDPOINT ?? env.MSI_ENDPOINT ?? env.AZURE_POD_IDENTITY_AUTHORITY_HOST,
+        }),
+        make: () => new AzureManagedIdentityProvider({ clientId, resourceId }),
+      };
+    }
+    case "gcp_cloudsql_iam": {
+      const credentialsFile = env.GOOGLE_APPLICATION_CREDENTIALS || undefined;
+      // The token is the identity's, whatever the database user: pools of different Cloud SQL
+      // users of one service account could share it, but the user is in the key so that SHOW
+      // CREDENTIALS names it and a mismatch shows on its row.
+      return {
+        key: credentialKey("gcp_cloudsql_iam", {
+          user: user.server_user,
+          file: credentialsFile,
+          metadata: credentialsFile ? undefined : (env.GCE_METADATA_HOST ?? env.GCE_METADATA_IP),
+        }),
+        make: () => new GcpCloudSqlIamProvider({ user: user.server_user, credentialsFile }),
+      };
+    }
+    case "command": {
+      const argv = user.server_auth_command;
+      if (argv === undefined || argv.length === 0) {
+        throw new PgwardenError(
+          "CONFIG",
+          `${label}: server_auth "command" needs "server_auth_command"`,
+        );
+      }
+      const ttlMs = user.server_auth_command_ttl;
+      return {
+        key: credentialKey("command", {
+          argv: JSON.stringify(argv),
+          ttl: ttlMs,
+          host: db.host,
+          port: db.port,
+          user: user.server_user,
+          database: db.database_name,
+        }),
+        make: () =>
+          new CommandProvider({
+            argv,
+            ttlMs,
+            host: db.host,
+            port: db.port,
+            user: user.server_user,
+            database: db.database_name,
+            env,
+          }),
       };
     }
     default:

@@ -6,11 +6,17 @@
 // refreshes its credentials itself), resolved once per fetch, and its expiry bounds the token's:
 // expiry = min(signing time + 15 min, expiration of the credentials that signed it).
 //
+// With server_iam_role_arn the token is signed with the credentials of that role instead: STS
+// AssumeRole (fromTemporaryCredentials, regional STS endpoint of the database's region; the
+// endpoint can be set with AWS_ENDPOINT_URL_STS) called with the default chain's credentials,
+// once per fetch, so every token is signed with fresh role credentials and its expiry is also
+// capped by theirs. The external id and session name, when set, go into AssumeRole.
+//
 // The memoized chain shares one refresh among callers; if that refresh hangs (a stuck container
 // credentials endpoint), every later call waits on it forever. After a failed or timed-out
 // fetch the chain is therefore replaced, so the engine's next attempt starts afresh.
 
-import { fromNodeProviderChain } from "@aws-sdk/credential-providers";
+import { fromNodeProviderChain, fromTemporaryCredentials } from "@aws-sdk/credential-providers";
 import { Signer } from "@aws-sdk/rds-signer";
 import type { FetchedToken, TokenProvider } from "../types.js";
 
@@ -37,6 +43,29 @@ export interface RdsIamSettings {
   readonly port: number;
   readonly user: string;
   readonly region: string;
+  /** Sign with the credentials of this role (STS AssumeRole), not the default chain's. */
+  readonly roleArn?: string | undefined;
+  readonly externalId?: string | undefined;
+  readonly sessionName?: string | undefined;
+}
+
+/** RoleSessionName when server_iam_session_name is not set (shows in CloudTrail). */
+export const DEFAULT_ROLE_SESSION_NAME = "pgwarden";
+
+/** The credentials to sign with: the default chain, or a role assumed with its credentials. */
+export function defaultCredentials(settings: RdsIamSettings): AwsCredentialsProvider {
+  if (!settings.roleArn) return fromNodeProviderChain();
+  // Not memoized: each call is one AssumeRole, so `forceRefresh` has nothing to add.
+  const assume = fromTemporaryCredentials({
+    params: {
+      RoleArn: settings.roleArn,
+      RoleSessionName: settings.sessionName ?? DEFAULT_ROLE_SESSION_NAME,
+      ...(settings.externalId ? { ExternalId: settings.externalId } : {}),
+    },
+    masterCredentials: fromNodeProviderChain(),
+    clientConfig: { region: settings.region, maxAttempts: 1 },
+  });
+  return () => assume();
 }
 
 export class RdsIamProvider implements TokenProvider {
@@ -47,7 +76,7 @@ export class RdsIamProvider implements TokenProvider {
 
   constructor(
     private readonly settings: RdsIamSettings,
-    private readonly makeChain: () => AwsCredentialsProvider = () => fromNodeProviderChain(),
+    private readonly makeChain: () => AwsCredentialsProvider = () => defaultCredentials(settings),
   ) {
     this.credentials = makeChain();
     this.description = {
@@ -55,6 +84,7 @@ export class RdsIamProvider implements TokenProvider {
       port: settings.port,
       user: settings.user,
       region: settings.region,
+      ...(settings.roleArn ? { role_arn: settings.roleArn } : {}),
     };
   }
 
