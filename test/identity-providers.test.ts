@@ -612,7 +612,8 @@ describe("command failures", () => {
       return c;
     });
     const pw = await startPgwarden({
-      general: { tls_verify: "prefer", token_fetch_timeout: 1500, log_level: "trace" },
+      // room for a node command to start on a loaded machine; "hang" waits all of it
+      general: { tls_verify: "prefer", token_fetch_timeout: 5000, log_level: "trace" },
       databases: [db()],
       users: modes.map((m, i) => ({
         name: `cmd_${m}`,

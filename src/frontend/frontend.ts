@@ -48,11 +48,11 @@ export class Frontend implements FrontendContext {
   readonly sessions = new Map<number, ClientSession>();
   private readonly servers: net.Server[] = [];
   private acceptErrors = 0;
-  private acceptErrorLoggedAt = 0;
+  private acceptErrorLoggedAt = Number.NEGATIVE_INFINITY;
   /** Client connections the open-file limit leaves room for (Infinity when unknown). */
   private fdCap = Number.POSITIVE_INFINITY;
   private fdRefused = 0;
-  private fdRefusedLoggedAt = 0;
+  private fdRefusedLoggedAt = Number.NEGATIVE_INFINITY;
 
   constructor(config: Config, registry: PoolRegistry, logger: Logger) {
     this.config = config;
