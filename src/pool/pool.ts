@@ -218,6 +218,7 @@ export class Pool {
     if (
       !clean ||
       server.closed ||
+      server.prepared?.poisoned === true ||
       server.moreAfterReady ||
       this.draining ||
       oversize ||
