@@ -1,0 +1,464 @@
+// Named prepared statements in transaction pooling (issue 9, design §5): the rewriter wired into
+// the session and the server pump, against real PostgreSQL and real drivers. Pools are smaller
+// than the client counts, so statements must follow clients across servers.
+import { spawn } from "node:child_process";
+import pg from "pg";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  bind,
+  close as closeMsg,
+  describe as describeMsg,
+  execute,
+  parse,
+  sync,
+} from "../src/protocol/index.js";
+import { parsePgbench, parsePgbenchProblems, runPgbench } from "./harness/clients.js";
+import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
+import { type PgCluster, startPostgres } from "./harness/postgres.js";
+import { errorFields, queryMessage, RawClient, type RawMessage } from "./harness/raw-client.js";
+
+let cluster: PgCluster;
+let pw: Pgwarden;
+
+/** prepared_statements_limit, small: drivers and pgbench run with evictions all the time. */
+const LIMIT = 3;
+
+function users(extra: Record<string, unknown> = {}) {
+  return [
+    {
+      name: "prep",
+      database: "prepdb",
+      password: "pw",
+      server_password: "prep-pw",
+      pool_size: 5,
+      pooler_mode: "transaction",
+      ...extra,
+    },
+    {
+      name: "prep",
+      database: "preplim",
+      password: "pw",
+      server_password: "prep-pw",
+      pool_size: 2,
+      pooler_mode: "transaction",
+    },
+    {
+      name: "prep",
+      database: "prepsess",
+      password: "pw",
+      server_password: "prep-pw",
+      pool_size: 2,
+      pooler_mode: "session",
+    },
+  ];
+}
+
+beforeAll(async () => {
+  cluster = await startPostgres();
+  await cluster.createRole("prep", "prep-pw");
+  await cluster.createDatabase("prepdb", "prep");
+  pw = await startPgwarden({
+    general: { checkout_timeout: 30000, prepared_statements_limit: LIMIT },
+    databases: [
+      { name: "prepdb", host: cluster.host, port: cluster.port },
+      { name: "preplim", host: cluster.host, port: cluster.port, database_name: "prepdb" },
+      { name: "prepsess", host: cluster.host, port: cluster.port, database_name: "prepdb" },
+    ],
+    users: users(),
+  });
+  const init = await runPgbench(["-i", "-s", "1", "-q", "prepdb"], { env: env() });
+  expect(init.code, init.stderr).toBe(0);
+}, 120_000);
+
+afterAll(async () => {
+  await pw?.stop();
+  await cluster?.stop();
+});
+
+function env() {
+  return { PGHOST: pw.host, PGPORT: String(pw.port), PGUSER: "prep", PGPASSWORD: "pw" };
+}
+
+async function serverBackends(): Promise<number> {
+  return (await cluster.backendPids("prep")).length;
+}
+
+/** Runs SQL as "prep" on a direct connection to prepdb. */
+async function directSql(sql: string): Promise<void> {
+  const c = new pg.Client({
+    host: cluster.host,
+    port: cluster.port,
+    user: "prep",
+    password: "prep-pw",
+    database: "prepdb",
+  });
+  await c.connect();
+  try {
+    await c.query(sql);
+  } finally {
+    await c.end();
+  }
+}
+
+async function raw(database = "prepdb"): Promise<RawClient> {
+  const c = await RawClient.connect(pw);
+  await c.login("prep", "pw", database);
+  return c;
+}
+
+async function direct(): Promise<RawClient> {
+  const c = await RawClient.connect(cluster);
+  await c.login("prep", "prep-pw", "prepdb");
+  return c;
+}
+
+/** Message types and, for errors, SQLSTATEs; DataRows with their text. */
+function shape(ms: RawMessage[]): string[] {
+  return ms.map((m) => {
+    if (m.type === "E") return `E:${errorFields(m).C}`;
+    if (m.type === "D") return `D:${dataRowText(m.body)}`;
+    if (m.type === "C") return `C:${m.body.toString("utf8", 0, m.body.length - 1)}`;
+    if (m.type === "Z") return `Z:${String.fromCharCode(m.body[0]!)}`;
+    return m.type;
+  });
+}
+
+function dataRowText(body: Buffer): string {
+  const n = body.readInt16BE(0);
+  const out: string[] = [];
+  let off = 2;
+  for (let i = 0; i < n; i++) {
+    const len = body.readInt32BE(off);
+    off += 4;
+    if (len < 0) out.push("NULL");
+    else {
+      out.push(body.toString("utf8", off, off + len));
+      off += len;
+    }
+  }
+  return out.join(",");
+}
+
+/** Sends `bytes`, reads up to the `zs`-th ReadyForQuery. */
+async function roundTrip(c: RawClient, bytes: Buffer, zs = 1): Promise<string[]> {
+  c.send(bytes);
+  const out: RawMessage[] = [];
+  for (let i = 0; i < zs; i++) out.push(...(await c.until("Z")));
+  return shape(out);
+}
+
+/** The same steps on a direct connection and through pgwarden: the same answers. */
+async function sameAsDirect(steps: Array<[Buffer, number]>, database = "prepdb") {
+  const d = await direct();
+  const p = await raw(database);
+  try {
+    for (const [bytes, zs] of steps) {
+      const want = await roundTrip(d, bytes, zs);
+      const got = await roundTrip(p, bytes, zs);
+      expect(got).toEqual(want);
+    }
+  } finally {
+    d.close();
+    p.close();
+  }
+}
+
+const cat = (...b: Buffer[]) => Buffer.concat(b);
+
+describe("pgbench -M prepared through transaction pooling", () => {
+  for (const workload of [["-S"], []]) {
+    it(`${workload.length ? "select-only" : "tpcb-like"} -c 20 -j 20 over 5 servers: no errors`, async () => {
+      const r = await runPgbench(
+        ["-n", "-c", "20", "-j", "20", "-t", "100", "-M", "prepared", ...workload, "prepdb"],
+        { env: env(), timeoutMs: 120_000 },
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const stats = parsePgbench(r.stdout);
+      expect(stats.failed).toBe(0);
+      expect(stats.processed).toBe(2000);
+      const problems = parsePgbenchProblems(r.stderr);
+      expect(problems.errors).toEqual([]);
+      expect(r.stderr).not.toMatch(/ERROR|already exists|does not exist/);
+      // 5 servers of prepdb, at most 2 of each other pool.
+      expect(await serverBackends()).toBeLessThanOrEqual(9);
+      // The servers hold pgwarden's names, never the clients' P_n.
+      const names = await serverStatementNames();
+      for (const n of names) expect(n).toMatch(/^pgw_\d+$/);
+    }, 150_000);
+  }
+});
+
+/** Names of the statements prepared on every server of the pool (asked through pgwarden). */
+async function serverStatementNames(): Promise<string[]> {
+  const c = new pg.Client({ ...conn("prepdb") });
+  await c.connect();
+  try {
+    const r = await c.query("select name from pg_prepared_statements");
+    return r.rows.map((x: { name: string }) => x.name);
+  } finally {
+    await c.end();
+  }
+}
+
+function conn(database: string) {
+  return { host: pw.host, port: pw.port, user: "prep", password: "pw", database };
+}
+
+describe("drivers", () => {
+  it("node-postgres named queries: 20 clients over 5 servers, each gets its own statement", async () => {
+    const pool = new pg.Pool({ ...conn("prepdb"), max: 20 });
+    try {
+      const work: Array<Promise<void>> = [];
+      for (let c = 0; c < 20; c++) {
+        work.push(
+          (async () => {
+            const client = await pool.connect();
+            try {
+              for (let i = 0; i < 20; i++) {
+                // The same name on every client, a different text per client.
+                const r = await client.query({
+                  name: "q",
+                  text: `select $1::int + ${c} as v, ${c} as c`,
+                  values: [i],
+                });
+                expect(r.rows[0]).toEqual({ v: i + c, c });
+              }
+            } finally {
+              client.release();
+            }
+          })(),
+        );
+      }
+      await Promise.all(work);
+    } finally {
+      await pool.end();
+    }
+  }, 60_000);
+});
+
+describe("drivers (2)", () => {
+  it("postgres.js (prepare: true): max 20 over 5 servers, 300 queries", async () => {
+    const sql = postgres({ ...conn("prepdb"), max: 20, onnotice: () => {} });
+    try {
+      const work: Array<Promise<void>> = [];
+      for (let i = 0; i < 300; i++) {
+        const k = i % 7;
+        work.push(
+          (async () => {
+            const rows = await sql`select ${i}::int * ${k}::int as v, ${`t${k}`}::text as t`;
+            expect(rows[0]).toEqual({ v: i * k, t: `t${k}` });
+          })(),
+        );
+      }
+      await Promise.all(work);
+    } finally {
+      await sql.end();
+    }
+  }, 60_000);
+
+  it("psycopg 3 (prepare_threshold=0): 8 connections over 5 servers", async () => {
+    const r = await runPython(`
+import sys, threading
+try:
+    import psycopg
+except Exception as e:
+    print("SKIP", e); sys.exit(0)
+errors = []
+def work(n):
+    try:
+        with psycopg.connect(autocommit=True, prepare_threshold=0) as c:
+            for i in range(30):
+                row = c.execute("select %s::int + " + str(n) + ", %s::text", (i, "x%d" % n)).fetchone()
+                assert row == (i + n, "x%d" % n), row
+                with c.transaction():
+                    row = c.execute("select count(*) from pgbench_branches where bid > %s", (0,)).fetchone()
+                    assert row == (1,), row
+    except Exception as e:
+        errors.append(repr(e))
+ts = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("ERRORS", errors) if errors else print("OK")
+`);
+    if (r.out.startsWith("SKIP")) {
+      console.warn(`psycopg not importable, test skipped: ${r.out}`);
+      return;
+    }
+    expect(r.err).toBe("");
+    expect(r.out.trim()).toBe("OK");
+  }, 60_000);
+
+  it("asyncpg (defaults): 8 connections over 5 servers", async () => {
+    const r = await runPython(`
+import sys, asyncio
+try:
+    import asyncpg
+except Exception as e:
+    print("SKIP", e); sys.exit(0)
+async def work(n):
+    c = await asyncpg.connect()
+    try:
+        for i in range(30):
+            v = await c.fetchrow("select $1::int + " + str(n) + " as v, $2::text as t", i, "a%d" % n)
+            assert (v["v"], v["t"]) == (i + n, "a%d" % n), v
+            async with c.transaction():
+                v = await c.fetchval("select count(*) from pgbench_branches where bid > $1", 0)
+                assert v == 1, v
+    finally:
+        await c.close()
+async def main():
+    await asyncio.gather(*(work(n) for n in range(8)))
+    print("OK")
+asyncio.run(main())
+`);
+    if (r.out.startsWith("SKIP")) {
+      console.warn(`asyncpg not importable, test skipped: ${r.out}`);
+      return;
+    }
+    expect(r.err).toBe("");
+    expect(r.out.trim()).toBe("OK");
+  }, 60_000);
+});
+
+describe("pipelines over the wire (compared with a direct connection)", () => {
+  it("Parse/Bind/Execute pipeline with an error in the middle, then more work", async () => {
+    await sameAsDirect([
+      [
+        cat(
+          parse("a", "select $1::int * 2", []),
+          bind("", "a", ["21"]),
+          execute(),
+          parse("b", "select 1/0"),
+          bind("", "b"),
+          execute(),
+          parse("c", "select 3"),
+          bind("", "a", ["5"]),
+          execute(),
+          sync,
+        ),
+        1,
+      ],
+      [cat(bind("", "a", ["4"]), execute(), bind("", "c"), execute(), sync), 1],
+      [cat(parse("b", "select 'b'"), bind("", "b"), execute(), sync), 1],
+    ]);
+  });
+
+  it("Close then re-Parse of the same name; the same text under two names", async () => {
+    await sameAsDirect([
+      [cat(parse("x", "select 'one'"), bind("", "x"), execute(), sync), 1],
+      [cat(closeMsg("S", "x"), parse("x", "select 'two'"), bind("", "x"), execute(), sync), 1],
+      [cat(parse("y", "select 'two'"), bind("", "y"), execute(), describeMsg("S", "x"), sync), 1],
+      [cat(closeMsg("S", "x"), closeMsg("S", "nonexistent"), sync), 1],
+    ]);
+  });
+
+  it("Bind of an unknown name: 26000; Parse of a name in use: 42P05", async () => {
+    await sameAsDirect([
+      [cat(bind("", "nope"), execute(), sync), 1],
+      [cat(parse("dup", "select 1"), sync), 1],
+      [cat(parse("dup", "select 2"), bind("", "dup"), execute(), sync), 1],
+      [cat(bind("", "dup"), execute(), sync), 1],
+    ]);
+  });
+
+  it("DEALLOCATE ALL from a client, then its names are gone, then prepared again", async () => {
+    await sameAsDirect([
+      [cat(parse("d1", "select 'd1'"), parse("d2", "select 'd2'"), sync), 1],
+      [queryMessage("DEALLOCATE ALL"), 1],
+      [cat(bind("", "d1"), execute(), sync), 1],
+      [cat(parse("d1", "select 'd1 again'"), bind("", "d1"), execute(), sync), 1],
+    ]);
+  });
+
+  it("statements past prepared_statements_limit are evicted and come back", async () => {
+    const steps: Array<[Buffer, number]> = [];
+    for (let i = 0; i < 8; i++)
+      steps.push([cat(parse(`s${i}`, `select ${i} as v`), bind("", `s${i}`), execute(), sync), 1]);
+    for (let i = 0; i < 8; i++) steps.push([cat(bind("", `s${i}`), execute(), sync), 1]);
+    await sameAsDirect(steps, "preplim");
+  });
+
+  it("a schema change fails a cached plan (0A000); the error reaches the client, the next try works", async () => {
+    await directSql(
+      "drop table if exists chg; create table chg (a int); insert into chg values (1)",
+    );
+    const p = await raw();
+    try {
+      const first = await roundTrip(
+        p,
+        cat(parse("chg", "select * from chg"), bind("", "chg"), execute(), sync),
+      );
+      expect(first).toEqual(["1", "2", "D:1", "C:SELECT 1", "Z:I"]);
+      await directSql("alter table chg add column b int default 7");
+      const second = await roundTrip(p, cat(bind("", "chg"), execute(), sync));
+      expect(second).toEqual(["E:0A000", "Z:I"]);
+      const third = await roundTrip(p, cat(bind("", "chg"), execute(), sync));
+      expect(third).toEqual(["2", "D:1,7", "C:SELECT 1", "Z:I"]);
+    } finally {
+      p.close();
+    }
+  });
+
+  it("several clients share one text under the same and different names", async () => {
+    const clients = await Promise.all([raw(), raw(), raw(), raw(), raw(), raw(), raw()]);
+    try {
+      for (let round = 0; round < 5; round++) {
+        await Promise.all(
+          clients.map(async (c, i) => {
+            const name = i % 2 === 0 ? "shared" : `own${i}`;
+            const msgs =
+              round === 0
+                ? cat(
+                    parse(name, "select $1::text || '!'"),
+                    bind("", name, [`${i}`]),
+                    execute(),
+                    sync,
+                  )
+                : cat(bind("", name, [`${i}-${round}`]), execute(), sync);
+            const got = await roundTrip(c, msgs);
+            const row = round === 0 ? `${i}!` : `${i}-${round}!`;
+            expect(got).toEqual([
+              ...(round === 0 ? ["1"] : []),
+              "2",
+              `D:${row}`,
+              "C:SELECT 1",
+              "Z:I",
+            ]);
+          }),
+        );
+      }
+    } finally {
+      for (const c of clients) c.close();
+    }
+  });
+});
+
+describe("other modes", () => {
+  it("session pooling passes statement names through untouched", async () => {
+    const p = await raw("prepsess");
+    try {
+      await roundTrip(p, cat(parse("mine", "select 1"), sync));
+      const got = await roundTrip(p, queryMessage("select name from pg_prepared_statements"));
+      expect(got).toContain("D:mine");
+    } finally {
+      p.close();
+    }
+  });
+});
+
+function runPython(script: string): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn("/usr/bin/python3", ["-c", script], {
+      env: { ...process.env, ...env(), PGDATABASE: "prepdb" },
+    });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      err += d.toString();
+    });
+    child.on("close", (code) => resolve({ code, out, err }));
+  });
+}
