@@ -13,13 +13,15 @@ import {
   parse,
   sync,
 } from "../src/protocol/index.js";
-import { parsePgbench, parsePgbenchProblems, runPgbench } from "./harness/clients.js";
+import { parsePgbench, parsePgbenchProblems, runPgbench, runPsql } from "./harness/clients.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
+import { freePort } from "./harness/procs.js";
 import { errorFields, queryMessage, RawClient, type RawMessage } from "./harness/raw-client.js";
 
 let cluster: PgCluster;
 let pw: Pgwarden;
+let metricsPort: number;
 
 /** prepared_statements_limit, small: drivers and pgbench run with evictions all the time. */
 const LIMIT = 3;
@@ -58,8 +60,14 @@ beforeAll(async () => {
   cluster = await startPostgres();
   await cluster.createRole("prep", "prep-pw");
   await cluster.createDatabase("prepdb", "prep");
+  metricsPort = await freePort();
   pw = await startPgwarden({
-    general: { checkout_timeout: 30000, prepared_statements_limit: LIMIT },
+    general: {
+      checkout_timeout: 30000,
+      prepared_statements_limit: LIMIT,
+      openmetrics_port: metricsPort,
+    },
+    admin: { name: "admin", user: "ops", password: "ops-secret" },
     databases: [
       { name: "prepdb", host: cluster.host, port: cluster.port },
       { name: "preplim", host: cluster.host, port: cluster.port, database_name: "prepdb" },
@@ -166,9 +174,34 @@ async function sameAsDirect(steps: Array<[Buffer, number]>, database = "prepdb")
 
 const cat = (...b: Buffer[]) => Buffer.concat(b);
 
+/** Runs an admin command through psql: rows of the last result, as name → value objects. */
+async function admin(sql: string): Promise<Array<Record<string, string>>> {
+  const r = await runPsql(
+    ["-X", "-A", "-F", "\t", "--pset", "footer=off", "-d", "admin", "-c", sql],
+    { env: { PGHOST: pw.host, PGPORT: String(pw.port), PGUSER: "ops", PGPASSWORD: "ops-secret" } },
+  );
+  expect(r.code, r.stderr).toBe(0);
+  const lines = r.stdout.split("\n").filter((l) => l.length > 0);
+  const cols = (lines[0] ?? "").split("\t");
+  return lines.slice(1).map((l) => {
+    const v = l.split("\t");
+    return Object.fromEntries(cols.map((c, i) => [c, v[i] ?? ""]));
+  });
+}
+
+async function preparedStats(): Promise<{ client: number; server: number; evictions: number }> {
+  const [row] = await admin("SHOW PREPARED_STATS");
+  return {
+    client: Number(row?.client_parse_count),
+    server: Number(row?.server_parse_count),
+    evictions: Number(row?.eviction_count),
+  };
+}
+
 describe("pgbench -M prepared through transaction pooling", () => {
   for (const workload of [["-S"], []]) {
     it(`${workload.length ? "select-only" : "tpcb-like"} -c 20 -j 20 over 5 servers: no errors`, async () => {
+      const before = await preparedStats();
       const r = await runPgbench(
         ["-n", "-c", "20", "-j", "20", "-t", "100", "-M", "prepared", ...workload, "prepdb"],
         { env: env(), timeoutMs: 120_000 },
@@ -185,6 +218,19 @@ describe("pgbench -M prepared through transaction pooling", () => {
       // The servers hold pgwarden's names, never the clients' P_n.
       const names = await serverStatementNames();
       for (const n of names) expect(n).toMatch(/^pgw_\d+$/);
+      const after = await preparedStats();
+      // pgbench prepares each of its statements once per client: 1 for -S, 7 for tpcb-like.
+      const perClient = workload.length ? 1 : 7;
+      expect(after.client - before.client).toBe(20 * perClient);
+      if (workload.length) {
+        // One statement: prepared once per server at most, never again (no eviction needed).
+        expect(after.server - before.server).toBeGreaterThanOrEqual(1);
+        expect(after.server - before.server).toBeLessThanOrEqual(5);
+      } else {
+        // 7 statements, all used in each transaction: the limit (3) cannot evict any of them
+        // while a transaction uses them, and once held they are never prepared again.
+        expect(after.server - before.server).toBeLessThanOrEqual(5 * 7);
+      }
     }, 150_000);
   }
 });
@@ -430,6 +476,29 @@ describe("pipelines over the wire (compared with a direct connection)", () => {
     } finally {
       for (const c of clients) c.close();
     }
+  });
+});
+
+describe("visibility", () => {
+  it("SHOW PREPARED lists statements; /metrics has the counters", async () => {
+    const c = await raw();
+    try {
+      await roundTrip(c, cat(parse("vis", "select 'visible' as v", [25]), sync));
+      const rows = await admin("SHOW PREPARED");
+      const row = rows.find((r) => r.query === "select 'visible' as v");
+      expect(row, JSON.stringify(rows)).toBeDefined();
+      expect(row?.name).toMatch(/^pgw_\d+$/);
+      expect(row?.parameter_types).toBe("25");
+      expect(Number(row?.clients)).toBe(1);
+      expect(Number(row?.servers)).toBeGreaterThanOrEqual(1);
+    } finally {
+      c.close();
+    }
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(text).toMatch(/^pgwarden_prepared_client_parses_total [1-9]\d*$/m);
+    expect(text).toMatch(/^pgwarden_prepared_server_parses_total [1-9]\d*$/m);
+    expect(text).toMatch(/^pgwarden_prepared_evictions_total \d+$/m);
+    expect(text).toMatch(/^pgwarden_prepared_statements \d+$/m);
   });
 });
 
