@@ -479,6 +479,50 @@ describe("pipelines over the wire (compared with a direct connection)", () => {
   });
 });
 
+describe("chunking", () => {
+  it("a pipeline sent in small pieces, with big rows back, answers as a direct connection does", async () => {
+    const big = "select repeat(md5(g::text), 3000) as v, g from generate_series(1, 20) g";
+    const pipeline = cat(
+      parse("big", big),
+      bind("", "big"),
+      execute(),
+      parse("e1", "select 1/0"),
+      bind("", "e1"),
+      execute(),
+      sync,
+      parse("small", "select $1::text as t", [25]),
+      bind("", "small", ["x"]),
+      describeMsg("P", ""),
+      execute(),
+      bind("", "big"),
+      execute(),
+      closeMsg("S", "small"),
+      sync,
+    );
+    const d = await direct();
+    const p = await raw();
+    try {
+      const want = await roundTrip(d, pipeline, 2);
+      // Through pgwarden in pieces of 1 to 7 bytes, each written on its own turn.
+      const sent = (async () => {
+        for (let off = 0, n = 1; off < pipeline.length; off += n, n = (n % 7) + 1) {
+          p.send(pipeline.subarray(off, Math.min(off + n, pipeline.length)));
+          await new Promise((r) => setImmediate(r));
+        }
+      })();
+      const got = roundTrip(p, Buffer.alloc(0), 2);
+      await sent;
+      expect(await got).toEqual(want);
+      // Once more in one write: now "big" and "e1" exist (42P05, as on the direct connection).
+      const again = await roundTrip(p, pipeline, 2);
+      expect(again).toEqual(await roundTrip(d, pipeline, 2));
+    } finally {
+      d.close();
+      p.close();
+    }
+  }, 60_000);
+});
+
 describe("visibility", () => {
   it("SHOW PREPARED lists statements; /metrics has the counters", async () => {
     const c = await raw();
@@ -503,6 +547,52 @@ describe("visibility", () => {
 });
 
 describe("other modes", () => {
+  it('prepared_statements = "disabled" (reloaded): named statements pass through untouched', async () => {
+    const config = {
+      general: {
+        checkout_timeout: 30000,
+        prepared_statements: "disabled",
+        openmetrics_port: metricsPort,
+      },
+      admin: { name: "admin", user: "ops", password: "ops-secret" },
+      databases: [
+        { name: "prepdb", host: cluster.host, port: cluster.port },
+        { name: "preplim", host: cluster.host, port: cluster.port, database_name: "prepdb" },
+        { name: "prepsess", host: cluster.host, port: cluster.port, database_name: "prepdb" },
+      ],
+      users: users(),
+    };
+    pw.writeConfig(config);
+    const from = pw.logs().length;
+    pw.signal("SIGHUP");
+    await pw.waitForLog((l) => l?.msg === "configuration reloaded", 10_000, from);
+    const c = await raw();
+    try {
+      // In one transaction, so that the statement and the query share a server.
+      const got = await roundTrip(
+        c,
+        cat(
+          queryMessage("begin"),
+          parse("plain_name", "select 1"),
+          sync,
+          queryMessage("select name from pg_prepared_statements where name = 'plain_name'"),
+          queryMessage("rollback"),
+        ),
+        4,
+      );
+      expect(got).toContain("D:plain_name");
+    } finally {
+      c.close();
+      pw.writeConfig({
+        ...config,
+        general: { ...config.general, prepared_statements: "extended" },
+      });
+      const again = pw.logs().length;
+      pw.signal("SIGHUP");
+      await pw.waitForLog((l) => l?.msg === "configuration reloaded", 10_000, again);
+    }
+  });
+
   it("session pooling passes statement names through untouched", async () => {
     const p = await raw("prepsess");
     try {
