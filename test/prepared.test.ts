@@ -5,6 +5,8 @@ import { spawn } from "node:child_process";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { REPLY_FILTER_TYPES } from "../src/backend/index.js";
+import { REPLY_TYPES } from "../src/frontend/statement-rewriter.js";
 import {
   bind,
   close as closeMsg,
@@ -197,6 +199,10 @@ async function preparedStats(): Promise<{ client: number; server: number; evicti
     evictions: Number(row?.eviction_count),
   };
 }
+
+it("the server pump collects exactly the reply types the rewriter must see", () => {
+  expect(REPLY_FILTER_TYPES).toBe(REPLY_TYPES);
+});
 
 describe("pgbench -M prepared through transaction pooling", () => {
   for (const workload of [["-S"], []]) {
