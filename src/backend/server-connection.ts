@@ -135,6 +135,9 @@ const FILTER_MODES = frameModes([...REPLY_FILTER_TYPES].map((c) => [c, FRAME_COL
  */
 const SHUTDOWN_CODES: ReadonlySet<string> = new Set(["57P01", "57P02", "57P03", "57P05"]);
 
+/** Writes up to this many bytes in several pieces are copied into one buffer (writeMany). */
+const SMALL_WRITE = 16 * 1024;
+
 let nextId = 1;
 
 export class ServerConnection {
@@ -248,9 +251,15 @@ export class ServerConnection {
     return this.socket.write(data);
   }
 
-  /** Several buffers, corked into one write. */
+  /**
+   * Several buffers in one write: copied into one when small (a copy of a few hundred bytes
+   * costs less than writev's per-buffer bookkeeping), else corked into one writev.
+   */
   writeMany(data: Buffer[]): boolean {
     if (data.length === 1) return this.socket.write(data[0]!);
+    let total = 0;
+    for (const b of data) total += b.length;
+    if (total <= SMALL_WRITE) return this.socket.write(Buffer.concat(data, total));
     const s = this.socket;
     s.cork();
     let ok = true;
