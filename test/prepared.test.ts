@@ -529,6 +529,59 @@ describe("chunking", () => {
   }, 60_000);
 });
 
+describe("failures", () => {
+  it("a client that leaves with replies owed: its server is not reused, others carry on", async () => {
+    const c = await raw();
+    c.send(cat(parse("slow", "select pg_sleep(0.5)"), bind("", "slow"), execute(), sync));
+    await new Promise((r) => setTimeout(r, 100));
+    c.close();
+    const others = await Promise.all([raw(), raw(), raw()]);
+    try {
+      for (const o of others) {
+        const got = await roundTrip(
+          o,
+          cat(parse("slow", "select 'fine'"), bind("", "slow"), execute(), sync),
+        );
+        expect(got).toEqual(["1", "2", "D:fine", "C:SELECT 1", "Z:I"]);
+      }
+    } finally {
+      for (const o of others) o.close();
+    }
+  });
+
+  it("a server killed under a tracking client: the client gets an error, a new one works", async () => {
+    const c = await raw();
+    try {
+      await roundTrip(c, cat(parse("k", "select pg_backend_pid()"), sync));
+      c.send(cat(queryMessage("begin"), bind("", "k"), execute(), sync));
+      const pidRow = (await c.until("Z")).concat(await c.until("Z"));
+      const pid = Number(
+        shape(pidRow)
+          .find((x) => x.startsWith("D:"))
+          ?.slice(2),
+      );
+      expect(pid).toBeGreaterThan(0);
+      await cluster.query(`select pg_terminate_backend(${pid})`);
+      c.send(cat(bind("", "k"), execute(), sync));
+      const rest: RawMessage[] = [];
+      for (let m = await c.next(); m !== null; m = await c.next()) rest.push(m);
+      expect(rest.some((m) => m.type === "E")).toBe(true);
+    } finally {
+      c.close();
+    }
+    const n = await raw();
+    try {
+      const got = await roundTrip(
+        n,
+        cat(parse("k", "select 'new'"), bind("", "k"), execute(), sync),
+      );
+      expect(got).toEqual(["1", "2", "D:new", "C:SELECT 1", "Z:I"]);
+    } finally {
+      n.close();
+    }
+  });
+});
+
 describe("visibility", () => {
   it("SHOW PREPARED lists statements; /metrics has the counters", async () => {
     const c = await raw();
