@@ -49,11 +49,11 @@ export class Frontend implements FrontendContext {
   readonly sessions = new Map<number, ClientSession>();
   private readonly servers: net.Server[] = [];
   private acceptErrors = 0;
-  private acceptErrorLoggedAt = 0;
+  private acceptErrorLoggedAt = Number.NEGATIVE_INFINITY;
   /** Client connections the open-file limit leaves room for (Infinity when unknown). */
   private fdCap = Number.POSITIVE_INFINITY;
   private fdRefused = 0;
-  private fdRefusedLoggedAt = 0;
+  private fdRefusedLoggedAt = Number.NEGATIVE_INFINITY;
 
   /** Named prepared statements of transaction-pooled clients, instance-wide (design §5). */
   readonly statements: StatementRegistry;
