@@ -25,6 +25,19 @@ export interface ClientSnapshot {
   readonly applicationName: string;
 }
 
+/** One instance-wide named prepared statement, as SHOW PREPARED lists it. */
+export interface PreparedSnapshot {
+  /** Server-side name (pgw_<n>). */
+  readonly name: string;
+  readonly query: string;
+  /** Parameter type OIDs the clients declared (0 = unspecified). */
+  readonly paramTypes: readonly number[];
+  /** Client statement names that refer to it. */
+  readonly clients: number;
+  /** Server connections that hold it (or are about to). */
+  readonly servers: number;
+}
+
 export interface AdminContext {
   /** pgwarden's version, e.g. "0.1.0". */
   readonly version: string;
@@ -32,6 +45,13 @@ export interface AdminContext {
   servers(): readonly ServerSnapshot[];
   clients(): readonly ClientSnapshot[];
   credentials(): readonly CredentialSnapshot[];
+  /** Named prepared statements (transaction pooling); absent: none tracked. */
+  prepared?(): {
+    readonly statements: readonly PreparedSnapshot[];
+    readonly clientParses: number;
+    readonly serverParses: number;
+    readonly evictions: number;
+  };
   /** The running configuration (after the last successful reload). */
   config(): Config;
   /** Re-reads the config files and applies them; resolves to a summary of what changed. */

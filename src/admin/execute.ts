@@ -18,6 +18,7 @@ import { showCredentials } from "./commands/show-credentials.js";
 import { showDatabases } from "./commands/show-databases.js";
 import { showParam } from "./commands/show-param.js";
 import { showPools } from "./commands/show-pools.js";
+import { showPrepared, showPreparedStats } from "./commands/show-prepared.js";
 import { showServers } from "./commands/show-servers.js";
 import { showStats } from "./commands/show-stats.js";
 import { showUsers } from "./commands/show-users.js";
@@ -39,6 +40,8 @@ const SHOW: ReadonlyMap<string, Show> = new Map([
   ["config", showConfig],
   ["version", showVersion],
   ["credentials", showCredentials],
+  ["prepared", showPrepared],
+  ["prepared_stats", showPreparedStats],
 ]);
 
 type Command = (ctx: AdminContext, arg: string | undefined) => Buffer[] | Promise<Buffer[]>;

@@ -1,2 +1,2 @@
-export type { AdminContext, ClientSnapshot } from "./context.js";
+export type { AdminContext, ClientSnapshot, PreparedSnapshot } from "./context.js";
 export { executeAdmin } from "./execute.js";

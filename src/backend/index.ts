@@ -1,2 +1,9 @@
-export type { ServerOptions, ServerOwner, ServerSink, TlsMode } from "./server-connection.js";
-export { pgErrorFrom, ServerConnection } from "./server-connection.js";
+export type {
+  ReplyFilter,
+  ServerAttachment,
+  ServerOptions,
+  ServerOwner,
+  ServerSink,
+  TlsMode,
+} from "./server-connection.js";
+export { pgErrorFrom, REPLY_FILTER_TYPES, ServerConnection } from "./server-connection.js";

@@ -95,8 +95,26 @@ export interface ServerOwner {
  * prepared statements this server holds. Opaque here; disposed when the connection closes.
  */
 export interface ServerAttachment {
+  /** What the server holds is unknown: close the connection rather than reuse it. */
+  readonly poisoned: boolean;
   dispose(): void;
 }
+
+/**
+ * A client-side rewriter of this connection's replies (named prepared statements, implemented
+ * in the frontend). While set, every message type in `REPLY_FILTER_TYPES` is collected whole
+ * and reported; the filter says whether its bytes go on to the client (0) or are cut out (1),
+ * and may answer the client itself (takeClient) or have more client bytes sent (takeServer).
+ */
+export interface ReplyFilter {
+  serverMessage(type: number, body: Buffer): number;
+  takeClient(): Buffer[];
+  takeServer(): Buffer[];
+}
+
+/** Must equal the frontend rewriter's REPLY_TYPES (checked by its unit test). */
+export const REPLY_FILTER_TYPES = "123CEIsnTZNAS";
+const REPLY_CUT = 1;
 
 const MODE_IDLE = 0;
 const MODE_PROXY = 1;
@@ -108,11 +126,17 @@ const PROXY_MODES = frameModes([
   ["E", FRAME_COLLECT_SMALL],
 ]);
 
+/** PROXY with a ReplyFilter: every reply type it must see is collected whole. */
+const FILTER_MODES = frameModes([...REPLY_FILTER_TYPES].map((c) => [c, FRAME_COLLECT]));
+
 /**
  * SQLSTATEs of a server that goes away without running what it was sent: admin_shutdown,
  * crash_shutdown, cannot_connect_now, idle_session_timeout.
  */
 const SHUTDOWN_CODES: ReadonlySet<string> = new Set(["57P01", "57P02", "57P03", "57P05"]);
+
+/** Writes up to this many bytes in several pieces are copied into one buffer (writeMany). */
+const SMALL_WRITE = 16 * 1024;
 
 let nextId = 1;
 
@@ -159,6 +183,9 @@ export class ServerConnection {
   /** The last message forwarded to the sink was a FATAL or PANIC ErrorResponse. */
   private fatalForwarded = false;
   private internal: InternalQuery | null = null;
+  private filter: ReplyFilter | null = null;
+  /** Filtered mode: the bytes of the message cut by the last chunk's end were held back. */
+  private heldPartial = false;
 
   private constructor(opts: ServerOptions, socket: net.Socket) {
     this.opts = opts;
@@ -202,7 +229,18 @@ export class ServerConnection {
     this.mode = MODE_PROXY;
   }
 
+  /**
+   * Sets (or clears) the reply filter of the current attachment. Between server messages the
+   * switch is exact; a message the old mode already began forwarding is forwarded to its end.
+   */
+  setFilter(filter: ReplyFilter | null): void {
+    this.filter = filter;
+    this.heldPartial = false;
+    this.framer.modes = filter === null ? PROXY_MODES : FILTER_MODES;
+  }
+
   detach(): void {
+    if (this.filter !== null) this.setFilter(null);
     this.sink = null;
     this.owner = null;
     this.mode = MODE_IDLE;
@@ -211,6 +249,23 @@ export class ServerConnection {
 
   write(data: Buffer): boolean {
     return this.socket.write(data);
+  }
+
+  /**
+   * Several buffers in one write: copied into one when small (a copy of a few hundred bytes
+   * costs less than writev's per-buffer bookkeeping), else corked into one writev.
+   */
+  writeMany(data: Buffer[]): boolean {
+    if (data.length === 1) return this.socket.write(data[0]!);
+    let total = 0;
+    for (const b of data) total += b.length;
+    if (total <= SMALL_WRITE) return this.socket.write(Buffer.concat(data, total));
+    const s = this.socket;
+    s.cork();
+    let ok = true;
+    for (const b of data) ok = s.write(b);
+    s.uncork();
+    return ok;
   }
 
   pause(): void {
@@ -264,6 +319,9 @@ export class ServerConnection {
       { server: this.opts.label, backend_pid: this.pid, conn: this.id, reason },
       "server connection closed",
     );
+    this.prepared?.dispose();
+    this.prepared = null;
+    this.filter = null;
     const internal = this.internal;
     this.internal = null;
     if (internal)
@@ -279,6 +337,10 @@ export class ServerConnection {
   private onData(chunk: Buffer): void {
     if (this.mode === MODE_IDLE) {
       this.idleData(chunk);
+      return;
+    }
+    if (this.filter !== null && this.mode === MODE_PROXY) {
+      this.onDataFiltered(chunk, this.filter);
       return;
     }
     const f = this.framer;
@@ -336,6 +398,94 @@ export class ServerConnection {
     } catch (err) {
       this.destroy(`protocol error from server: ${errorMessage(err)}`, err as Error);
     }
+  }
+
+  /**
+   * The PROXY pump with a ReplyFilter. Collected messages are reported to the filter in order;
+   * forwarded bytes still go out as ranges of the chunk. A collected message is never half
+   * forwarded: if the chunk ends inside one (or inside a header of such a type), its bytes are
+   * held back and the whole message is rebuilt once it is complete.
+   */
+  private onDataFiltered(chunk: Buffer, filter: ReplyFilter): void {
+    const f = this.framer;
+    const sink = this.sink!;
+    let pos = 0;
+    let fwd = 0;
+    let flowing = true;
+    f.msgStart = -1;
+    try {
+      while (pos < chunk.length) {
+        pos = f.feed(chunk, pos);
+        if (f.event !== EVENT_MESSAGE) continue;
+        const type = f.type;
+        const body = f.body;
+        const start = f.msgStart >= 0 && f.msgStart < pos ? f.msgStart : -1;
+        const held = start < 0 && this.heldPartial;
+        this.heldPartial = false;
+        if (type === Msg.ErrorResponse && this.proxyError(body, start, fwd)) return;
+        const verdict = filter.serverMessage(type, body);
+        if (verdict === REPLY_CUT && (start >= 0 || held)) {
+          if (start > fwd) flowing = this.toSink(sink, chunk.subarray(fwd, start)) && flowing;
+          fwd = pos;
+        } else if (held) {
+          const whole = Buffer.allocUnsafe(5 + body.length);
+          whole[0] = type;
+          whole.writeInt32BE(4 + body.length, 1);
+          body.copy(whole, 5);
+          flowing = this.toSink(sink, whole) && flowing;
+          fwd = pos;
+        }
+        const toClient = filter.takeClient();
+        if (toClient.length > 0) {
+          if (pos > fwd) flowing = this.toSink(sink, chunk.subarray(fwd, pos)) && flowing;
+          fwd = pos;
+          for (const b of toClient) flowing = this.toSink(sink, b) && flowing;
+        }
+        const toServer = filter.takeServer();
+        if (toServer.length > 0) this.writeMany(toServer);
+        if (type === Msg.ReadyForQuery) {
+          this.txStatus = body[0]!;
+          if (pos > fwd) this.toSink(sink, chunk.subarray(fwd, pos));
+          fwd = pos;
+          this.moreAfterReady = pos < chunk.length;
+          sink.serverReady(this.txStatus);
+          this.moreAfterReady = false;
+          if (this.sink !== sink) {
+            if (pos < chunk.length && !this.closed)
+              this.destroy("server sent data after ReadyForQuery with nobody to read it");
+            return;
+          }
+          if (this.filter !== filter) {
+            // The filter was taken off in serverReady: the rest goes the plain way.
+            if (pos < chunk.length) this.onData(chunk.subarray(pos));
+            return;
+          }
+        } else if (type === Msg.ParameterStatus) {
+          const [name, value] = parseParameterStatus(body);
+          this.reported.set(name, value);
+          sink.serverParameter(name, value);
+        }
+      }
+      let end = chunk.length;
+      const pt = f.partialType;
+      if (pt >= 0 && FILTER_MODES[pt] === FRAME_COLLECT) {
+        if (f.msgStart >= fwd && f.msgStart < chunk.length) {
+          end = f.msgStart;
+          this.heldPartial = true;
+        } else if (this.heldPartial) {
+          end = fwd;
+        }
+      }
+      if (end > fwd) flowing = this.toSink(sink, chunk.subarray(fwd, end)) && flowing;
+      if (!flowing && this.sink === sink) this.socket.pause();
+    } catch (err) {
+      this.destroy(`protocol error from server: ${errorMessage(err)}`, err as Error);
+    }
+  }
+
+  private toSink(sink: ServerSink, data: Buffer): boolean {
+    if (!this.answered) this.firstAnswer();
+    return sink.serverData(data);
   }
 
   private firstAnswer(): void {

@@ -7,7 +7,7 @@ import { parseArgs } from "node:util";
 import { type AdminContext, executeAdmin } from "../admin/index.js";
 import { type Config, ConfigError, diffConfig, loadConfig, RESTART_KEYS } from "../config/index.js";
 import { CredentialEngine } from "../credentials/index.js";
-import { Frontend } from "../frontend/index.js";
+import { Frontend, type StatementRegistry } from "../frontend/index.js";
 import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
 import { PoolRegistry } from "../pool/index.js";
 import { createLogger, errorMessage } from "../util/index.js";
@@ -134,6 +134,7 @@ async function main(): Promise<void> {
       pools: () => registry.snapshots(),
       credentials: () => engine.snapshot(),
       clients: () => frontend.clientCounts(),
+      prepared: () => ({ statements: frontend.statements.size, ...frontend.statements.stats }),
     });
     const host = config.general.host === "*" ? "0.0.0.0" : config.general.host;
     metricsServer = await startMetricsServer({
@@ -152,6 +153,7 @@ async function main(): Promise<void> {
     servers: () => registry.servers(),
     clients: () => frontend.clientSnapshots(),
     credentials: () => engine.snapshot(),
+    prepared: () => preparedSnapshot(frontend.statements),
     config: () => config,
     reload: () => reload("RELOAD"),
     pause: async (database) => {
@@ -171,6 +173,32 @@ async function main(): Promise<void> {
     { host: address.host, port: address.port, pools: [...registry.all()].map((p) => p.name) },
     "listening",
   );
+}
+
+/** SHOW PREPARED's view of the statement registry. */
+function preparedSnapshot(statements: StatementRegistry) {
+  const rows = [];
+  for (const e of statements.entries()) {
+    // key: query text, NUL, int16 count, int32 OIDs (latin1 code units = the Parse's bytes)
+    const key = Buffer.from(e.key, "latin1");
+    const nul = key.indexOf(0);
+    const paramTypes: number[] = [];
+    if (nul >= 0 && nul + 3 <= key.length) {
+      const n = key.readInt16BE(nul + 1);
+      for (let i = 0, off = nul + 3; i < n && off + 4 <= key.length; i++, off += 4)
+        paramTypes.push(key.readUInt32BE(off));
+    }
+    rows.push({
+      name: e.name,
+      query: key.toString("utf8", 0, nul >= 0 ? nul : key.length),
+      paramTypes,
+      // A settled client name holds two references (its confirmed and its planned definition).
+      clients: Math.ceil(e.clientRefs / 2),
+      servers: e.serverRefs,
+    });
+  }
+  const { clientParses, serverParses, evictions } = statements.stats;
+  return { statements: rows, clientParses, serverParses, evictions };
 }
 
 function parse() {

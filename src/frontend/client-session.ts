@@ -48,6 +48,7 @@ import {
   authenticationOk,
   backendKeyData,
   EVENT_HEADER,
+  EVENT_MESSAGE,
   errorResponse,
   FRAME_HEADER,
   Framer,
@@ -61,10 +62,14 @@ import {
 } from "../protocol/index.js";
 import { errorMessage, type Logger, PgError, PgwardenError } from "../util/index.js";
 import { ClientAuth } from "./client-auth.js";
+import type { ServerStatements, StatementRegistry } from "./prepared-statements.js";
+import { StatementRewriter } from "./statement-rewriter.js";
 
 export interface FrontendContext {
   readonly config: Config;
   readonly registry: PoolRegistry;
+  /** Named prepared statements, instance-wide (transaction pooling, design §5). */
+  readonly statements: StatementRegistry;
   readonly tlsContext: tls.SecureContext | null;
   readonly logger: Logger;
   readonly shuttingDown: boolean;
@@ -102,6 +107,9 @@ for (const t of "QFBPd") MESSAGE_CLASS[t.charCodeAt(0)] = LARGE;
 
 // Every client message type is reported at its header: the session counts them.
 const CLIENT_MODES = frameModes([], FRAME_HEADER);
+
+/** Messages the rewriter needs whole (or whose start must hold names) are collected up to this. */
+const MAX_REWRITE_COLLECT = 1 << 20;
 
 /** Largest password message accepted from a client (SCRAM messages are small; tokens are not ours). */
 const MAX_AUTH_MESSAGE = 64 * 1024;
@@ -144,6 +152,20 @@ export class ClientSession implements LeaseHolder {
   /** The key under which the pool remembers welcomes for this client's settings. */
   private shape = "";
   private adminQueue: Promise<void> = Promise.resolve();
+  /**
+   * Prepared statement tracking (transaction pooling), switched on at the client's first named
+   * Parse; from then on every client message goes through it (see rwBytes). null: today's path.
+   */
+  private rw: StatementRewriter | null = null;
+  /** Extended-protocol messages (P/B/C/D/E) scanned since the last Sync/Query/FunctionCall. */
+  private sinceSync = 0;
+  /** Untracked requests to declare when the rewriter is attached to the next lease. */
+  private rwUntrackedSyncs = 0;
+  private rwUntrackedMessages = 0;
+  /** Bytes of the message being streamed to the rewriter still to come. */
+  private streamLeft = 0;
+  /** The start of a Parse header cut by the end of a chunk, held back (see clientBytes). */
+  private heldParseHeader: Buffer | null = null;
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
 
   constructor(
@@ -179,6 +201,7 @@ export class ClientSession implements LeaseHolder {
 
   get isIdle(): boolean {
     if (this.state !== READY || this.acquiring || this.pending.length > 0) return false;
+    if (this.rw?.holding === true) return false;
     return this.lease === null || this.releasable(this.lease.txStatus);
   }
 
@@ -604,7 +627,11 @@ export class ClientSession implements LeaseHolder {
     if (this.shape !== "") this.pool!.loginParams.set(this.shape, lease.reported);
     this.sendWelcome(parts);
     // Transaction pooling: the server goes back unless bytes that came with the login need it.
-    if (this.pool!.settings.mode === "transaction" && this.pending.length === 0) {
+    if (
+      this.pool!.settings.mode === "transaction" &&
+      this.pending.length === 0 &&
+      this.rw?.holding !== true
+    ) {
       this.lease = null;
       lease.release(true);
     }
@@ -708,6 +735,12 @@ export class ClientSession implements LeaseHolder {
         if (this.state !== READY || this.lease !== lease) return;
         this.toServer(lease, c);
       }
+      if (this.rw !== null && this.state === READY && this.lease === lease) {
+        this.attachRewriter(lease, this.rwUntrackedSyncs, this.rwUntrackedMessages);
+        this.rwUntrackedSyncs = 0;
+        this.rwUntrackedMessages = 0;
+        this.rwFlush();
+      }
       if (this.terminating) {
         this.close();
         return;
@@ -728,10 +761,168 @@ export class ClientSession implements LeaseHolder {
    * server, or kept until one is leased. Throws ProtocolError/PgError for a broken stream.
    */
   private clientBytes(chunk: Buffer): void {
+    if (this.rw !== null) {
+      this.rwBytes(chunk, 0);
+      return;
+    }
     const f = this.framer;
     let pos = 0;
+    if (this.heldParseHeader !== null) {
+      // The Parse header held back at the end of the last chunk leads this one.
+      chunk = Buffer.concat([this.heldParseHeader, chunk]);
+      pos = this.heldParseHeader.length;
+      this.heldParseHeader = null;
+      f.msgStart = 0;
+    }
     while (pos < chunk.length) {
       pos = f.feed(chunk, pos);
+      if (f.event !== EVENT_HEADER) continue;
+      const type = f.type;
+      const cls = MESSAGE_CLASS[type]!;
+      const limit = cls === SMALL ? SMALL_MESSAGE_LIMIT : this.ctx.config.general.max_message_size;
+      if (cls === NOT_ALLOWED) {
+        throw new PgError("FATAL", "08P01", `invalid frontend message type ${type}`);
+      }
+      if (f.bodyLength + 4 > limit) {
+        throw new PgError(
+          "FATAL",
+          "08P01",
+          `invalid message length ${f.bodyLength + 4} for message type "${String.fromCharCode(type)}" (limit ${limit} bytes)`,
+        );
+      }
+      switch (type) {
+        case Msg.Query:
+        case Msg.FunctionCall:
+          this.expectZ++;
+          this.queries++;
+          this.sinceSync = 0;
+          break;
+        case Msg.Sync:
+          this.expectZ++;
+          this.dirty = false;
+          this.sinceSync = 0;
+          break;
+        case Msg.Execute:
+          this.queries++;
+          this.dirty = true;
+          this.sinceSync++;
+          break;
+        case Msg.Parse:
+          this.dirty = true;
+          // A named Parse (or one whose name is not in this chunk) switches tracking on.
+          if ((pos >= chunk.length || chunk[pos] !== 0) && this.tracksStatements()) {
+            this.switchOn(chunk, pos);
+            return;
+          }
+          this.sinceSync++;
+          break;
+        case Msg.Terminate:
+          if (pos < 5) {
+            // The header began in an earlier chunk, already sent (or queued) as the start of a
+            // message the server will never see the end of: that server cannot be reused.
+            this.broken = true;
+            this.close();
+            return;
+          }
+          this.terminate(chunk.subarray(0, pos - 5));
+          return;
+        case Msg.CopyData:
+        case Msg.CopyDone:
+        case Msg.CopyFail:
+          break;
+        case Msg.Flush:
+          this.dirty = true;
+          break;
+        default:
+          this.dirty = true;
+          this.sinceSync++;
+      }
+    }
+    if (f.partialType === Msg.Parse && this.tracksStatements()) {
+      // A Parse header cut by the chunk's end: its name is not known yet, so hold it back.
+      this.heldParseHeader = Buffer.from(chunk.subarray(f.msgStart));
+      chunk = chunk.subarray(0, f.msgStart);
+      if (chunk.length === 0) return;
+    }
+    const lease = this.lease;
+    if (lease !== null) {
+      this.toServer(lease, chunk);
+      return;
+    }
+    this.pending.push(chunk);
+    if (this.acquiring || this.state !== READY) {
+      this.pauseForLease();
+      return;
+    }
+    this.acquire();
+    // Usually an idle server was at hand and the bytes are already on their way; pause the
+    // socket (two syscalls) only when the client really has to wait.
+    if (this.lease === null) this.pauseForLease();
+  }
+
+  /** Named prepared statements are tracked for this client (transaction pooling, "extended"). */
+  private tracksStatements(): boolean {
+    return (
+      this.pool !== null &&
+      this.pool.settings.mode === "transaction" &&
+      this.ctx.config.general.prepared_statements === "extended"
+    );
+  }
+
+  /**
+   * The first named Parse: its header ends at `pos` in `chunk`. What came before it goes out
+   * untracked; the rewriter is told how many of those requests are still unanswered.
+   */
+  private switchOn(chunk: Buffer, pos: number): void {
+    const hs = pos - 5;
+    this.rw = new StatementRewriter(this.ctx.statements);
+    const before = chunk.subarray(0, hs);
+    const lease = this.lease;
+    if (lease !== null) {
+      if (before.length > 0) this.toServer(lease, before);
+      this.attachRewriter(lease, this.expectZ, this.sinceSync);
+    } else {
+      if (before.length > 0) this.pending.push(before);
+      this.rwUntrackedSyncs = this.expectZ;
+      this.rwUntrackedMessages = this.sinceSync;
+    }
+    this.framer.msgStart = hs;
+    this.rwHeader(chunk, pos);
+    this.rwBytes(chunk, pos);
+  }
+
+  private attachRewriter(lease: Lease, syncs: number, messages: number): void {
+    let st = lease.serverState as ServerStatements | null;
+    if (st === null) {
+      st = this.ctx.statements.newServer();
+      lease.serverState = st;
+    }
+    this.rw!.attach(st, syncs, messages);
+    lease.setFilter(this.rw);
+  }
+
+  /**
+   * Client bytes with the rewriter on, from `pos` (0: a new chunk). Every message goes to the
+   * rewriter: whole when it fits in the chunk, else Parse/Describe/Close/Execute (and a Bind
+   * whose names are cut) are collected, and the rest stream (start, then more bytes).
+   */
+  private rwBytes(chunk: Buffer, pos: number): void {
+    const f = this.framer;
+    const rw = this.rw!;
+    if (pos === 0) {
+      f.msgStart = -1;
+      if (this.streamLeft > 0) {
+        const n = Math.min(this.streamLeft, chunk.length);
+        rw.clientBytes(chunk, 0, n);
+        this.streamLeft -= n;
+      }
+    }
+    while (pos < chunk.length) {
+      pos = f.feed(chunk, pos);
+      if (f.event === EVENT_MESSAGE) {
+        rw.clientMessage(f.type, whole(f.type, f.body), 0, 5 + f.bodyLength);
+        continue;
+      }
       if (f.event !== EVENT_HEADER) continue;
       const type = f.type;
       const cls = MESSAGE_CLASS[type]!;
@@ -754,44 +945,108 @@ export class ClientSession implements LeaseHolder {
           break;
         case Msg.Sync:
           this.expectZ++;
-          this.dirty = false;
           break;
         case Msg.Execute:
           this.queries++;
-          this.dirty = true;
           break;
         case Msg.Terminate:
-          if (pos < 5) {
-            // The header began in an earlier chunk, already sent (or queued) as the start of a
-            // message the server will never see the end of: that server cannot be reused.
-            this.broken = true;
-            this.close();
-            return;
-          }
-          this.terminate(chunk.subarray(0, pos - 5));
+          this.rwTerminate();
           return;
-        case Msg.CopyData:
-        case Msg.CopyDone:
-        case Msg.CopyFail:
-          break;
-        default:
-          this.dirty = true;
       }
+      this.rwHeader(chunk, pos);
     }
     const lease = this.lease;
     if (lease !== null) {
-      this.toServer(lease, chunk);
+      this.rwFlush();
       return;
     }
-    this.pending.push(chunk);
     if (this.acquiring || this.state !== READY) {
       this.pauseForLease();
       return;
     }
+    if (!rw.holding && this.pending.length === 0) return;
     this.acquire();
-    // Usually an idle server was at hand and the bytes are already on their way; pause the
-    // socket (two syscalls) only when the client really has to wait.
     if (this.lease === null) this.pauseForLease();
+  }
+
+  /** A header just read by the framer (it ends at `pos`): hand its message to the rewriter. */
+  private rwHeader(chunk: Buffer, pos: number): void {
+    const f = this.framer;
+    const rw = this.rw!;
+    const type = f.type;
+    const len = f.bodyLength;
+    const hs = f.msgStart >= 0 && f.msgStart === pos - 5 ? pos - 5 : -1;
+    const avail = chunk.length - pos;
+    if (hs >= 0 && len <= avail) {
+      rw.clientMessage(type, chunk, hs, pos + len);
+      return;
+    }
+    if (len === 0) {
+      rw.clientMessage(type, whole(type, EMPTY), 0, 5);
+      return;
+    }
+    let collect = false;
+    switch (type) {
+      case Msg.Parse:
+      case Msg.Describe:
+      case Msg.Close:
+      case Msg.Execute:
+        collect = true;
+        break;
+      case Msg.Bind: {
+        // The first piece must hold the portal and statement names.
+        const n1 = hs >= 0 ? chunk.indexOf(0, pos) : -1;
+        collect = n1 < 0 || chunk.indexOf(0, n1 + 1) < 0;
+        break;
+      }
+    }
+    if (collect) {
+      if (len > MAX_REWRITE_COLLECT) {
+        throw new PgError(
+          "FATAL",
+          "54000",
+          `message type "${String.fromCharCode(type)}" of ${len + 4} bytes is too long for prepared statement tracking (limit ${MAX_REWRITE_COLLECT} bytes)`,
+        );
+      }
+      f.collectCurrent();
+      return;
+    }
+    const take = Math.min(avail, len);
+    if (hs >= 0) {
+      rw.clientMessageStart(type, chunk, hs, pos + take, len + 5);
+    } else {
+      rw.clientMessageStart(type, whole(type, EMPTY, len), 0, 5, len + 5);
+      if (take > 0) rw.clientBytes(chunk, pos, pos + take);
+    }
+    this.streamLeft = len - take;
+  }
+
+  /** Plans what the rewriter was handed and sends it; answers it gave itself go to the client. */
+  private rwFlush(): void {
+    const rw = this.rw!;
+    const lease = this.lease;
+    if (lease === null || !rw.attached) return;
+    rw.plan();
+    const out = rw.takeServer();
+    if (out.length > 0 && !lease.writeMany(out)) this.waitServerDrain(lease);
+    for (const b of rw.takeClient()) this.socket.write(b);
+  }
+
+  /** Terminate with the rewriter on: what came before it still goes out; then the end. */
+  private rwTerminate(): void {
+    const lease = this.lease;
+    if (lease !== null) {
+      this.rwFlush();
+      this.close();
+      return;
+    }
+    if (!this.rw!.holding && this.pending.length === 0) {
+      this.close();
+      return;
+    }
+    this.terminating = true;
+    this.pauseForLease();
+    if (!this.acquiring && this.state === READY) this.acquire();
   }
 
   private pauseForLease(): void {
@@ -819,7 +1074,11 @@ export class ClientSession implements LeaseHolder {
   }
 
   private toServer(lease: Lease, chunk: Buffer): void {
-    if (!lease.write(chunk) && !this.waitingServerDrain) {
+    if (!lease.write(chunk)) this.waitServerDrain(lease);
+  }
+
+  private waitServerDrain(lease: Lease): void {
+    if (!this.waitingServerDrain) {
       this.waitingServerDrain = true;
       this.socket.pause();
       lease.onceServerDrain(() => {
@@ -830,6 +1089,17 @@ export class ClientSession implements LeaseHolder {
   }
 
   private releasable(status: number): boolean {
+    const rw = this.rw;
+    if (rw !== null) {
+      // The rewriter knows what is owed (a Query skipped after an error never gets its Z).
+      return (
+        status === TxStatus.Idle &&
+        rw.releasable &&
+        this.streamLeft === 0 &&
+        this.framer.atBoundary &&
+        !this.broken
+      );
+    }
     return (
       status === TxStatus.Idle &&
       this.expectZ === 0 &&
@@ -861,7 +1131,7 @@ export class ClientSession implements LeaseHolder {
     this.queries = 0;
     if (this.pool!.settings.mode === "transaction") {
       this.lease = null;
-      lease.release(true);
+      lease.release(this.detachRewriter(lease));
     }
     if (this.closeWhenIdle) this.requestClose();
   }
@@ -876,6 +1146,8 @@ export class ClientSession implements LeaseHolder {
   serverLost(err: Error, replay: Buffer[] | null, fatalForwarded: boolean): void {
     const lost = this.lease;
     this.lease = null;
+    // What the dead server held is gone; what was in flight is rolled back (no replay).
+    this.rw?.detach();
     // lost === null: the lease was still being set up (settings sync); that path reports it.
     if (replay !== null && lost !== null && this.state === READY) {
       this.replayOnNewServer(replay, err);
@@ -937,6 +1209,14 @@ export class ClientSession implements LeaseHolder {
     }
   }
 
+  /** Takes the rewriter off a lease that ends; false when what the server holds is unknown. */
+  private detachRewriter(lease: Lease): boolean {
+    const rw = this.rw;
+    if (rw === null || !rw.attached) return true;
+    lease.setFilter(null);
+    return rw.detach();
+  }
+
   // ---- ending -------------------------------------------------------------------------------
 
   /** Sends the client an error as FATAL and closes. Non-PgErrors are logged and sent generic. */
@@ -986,9 +1266,11 @@ export class ClientSession implements LeaseHolder {
     const lease = this.lease;
     this.lease = null;
     if (lease) {
-      const idle = !unclean && this.releasable(lease.txStatus);
+      let idle = !unclean && this.releasable(lease.txStatus);
+      if (!this.detachRewriter(lease)) idle = false;
       lease.release(idle, idle && this.pool?.settings.mode === "session");
     }
+    this.rw?.dispose();
     if (!this.socket.destroyed) this.socket.end();
     if (wasReady)
       this.ctx.logger.debug(
@@ -996,6 +1278,17 @@ export class ClientSession implements LeaseHolder {
         "client closed",
       );
   }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** A message rebuilt from its type and body (or a bare header announcing `bodyLength` bytes). */
+function whole(type: number, body: Buffer, bodyLength = body.length): Buffer {
+  const m = Buffer.allocUnsafe(5 + body.length);
+  m[0] = type;
+  m.writeInt32BE(4 + bodyLength, 1);
+  body.copy(m, 5);
+  return m;
 }
 
 function toClientError(err: unknown): PgError {

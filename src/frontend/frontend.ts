@@ -19,6 +19,7 @@ import type { Config } from "../config/index.js";
 import type { PoolRegistry } from "../pool/index.js";
 import type { Logger } from "../util/index.js";
 import { ClientSession, type FrontendContext } from "./client-session.js";
+import { StatementRegistry } from "./prepared-statements.js";
 
 export interface ClientView {
   readonly user: string;
@@ -54,7 +55,16 @@ export class Frontend implements FrontendContext {
   private fdRefused = 0;
   private fdRefusedLoggedAt = Number.NEGATIVE_INFINITY;
 
-  constructor(config: Config, registry: PoolRegistry, logger: Logger) {
+  /** Named prepared statements of transaction-pooled clients, instance-wide (design §5). */
+  readonly statements: StatementRegistry;
+
+  constructor(
+    config: Config,
+    registry: PoolRegistry,
+    logger: Logger,
+    statements = new StatementRegistry(config.general.prepared_statements_limit),
+  ) {
+    this.statements = statements;
     this.config = config;
     this.registry = registry;
     this.logger = logger;
@@ -190,6 +200,7 @@ export class Frontend implements FrontendContext {
   /** A reload was applied: new config for logins, new client certificate, sessions follow. */
   applyConfig(config: Config, tlsContext: tls.SecureContext | null): void {
     this.config = config;
+    this.statements.limit = config.general.prepared_statements_limit;
     if (this.servers.length > 0) this.fdCap = this.clientRoom();
     this.tlsContext = tlsContext;
     for (const s of this.sessions.values()) s.afterReload();

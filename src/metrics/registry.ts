@@ -21,7 +21,7 @@
 import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import type { CredentialSnapshot } from "../credentials/index.js";
 import type { PoolSnapshot } from "../pool/index.js";
-import type { MetricsSource } from "./types.js";
+import type { MetricsSource, PreparedTotals } from "./types.js";
 
 export interface MetricsOptions {
   /**
@@ -277,6 +277,46 @@ export function createMetrics(source: MetricsSource, opts: MetricsOptions = {}):
     (r) => r.lastFetchSeconds,
   );
   credGauge("pgwarden_credential_consumers", "Pools sharing this credential.", (r) => r.consumers);
+
+  // ---- prepared statements ------------------------------------------------------------------
+
+  const readPrepared = source.prepared?.bind(source);
+  if (readPrepared !== undefined) {
+    const prepared = oncePerScrape(readPrepared);
+    const preparedCounter = (name: string, help: string, value: (t: PreparedTotals) => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(count(value(prepared())));
+        },
+      });
+    new Gauge({
+      name: "pgwarden_prepared_statements",
+      help: "Distinct named prepared statements known (query text + parameter types).",
+      registers,
+      collect() {
+        this.set(prepared().statements);
+      },
+    });
+    preparedCounter(
+      "pgwarden_prepared_client_parses_total",
+      "Named Parse messages from clients (transaction pooling).",
+      (t) => t.clientParses,
+    );
+    preparedCounter(
+      "pgwarden_prepared_server_parses_total",
+      "Parse messages sent to servers: a statement the server did not hold yet (a miss).",
+      (t) => t.serverParses,
+    );
+    preparedCounter(
+      "pgwarden_prepared_evictions_total",
+      "Statements closed on a server to stay within prepared_statements_limit.",
+      (t) => t.evictions,
+    );
+  }
 
   return { registry };
 }

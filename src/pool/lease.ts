@@ -15,7 +15,12 @@
 // crashes every server it runs on must not take the cluster down for ever). More than
 // REPLAY_MAX_BYTES written without an answer: no replay.
 
-import type { ServerConnection, ServerOwner } from "../backend/index.js";
+import type {
+  ReplyFilter,
+  ServerAttachment,
+  ServerConnection,
+  ServerOwner,
+} from "../backend/index.js";
 import { TxStatus } from "../protocol/index.js";
 import { PgError } from "../util/index.js";
 import { markSynced, syncQuery } from "./params.js";
@@ -121,6 +126,30 @@ export class Lease implements ServerOwner {
     if (times >= SHUTDOWN_REPLAYS) return null;
     replayed.set(first, times + 1);
     return r;
+  }
+
+  /**
+   * Puts a reply filter (the client's prepared statement rewriter) on the server, or takes it
+   * off. With a filter the bytes written are rewritten ones that only this server understands:
+   * no replay on another server.
+   */
+  setFilter(filter: ReplyFilter | null): void {
+    if (filter !== null) this.replay = null;
+    this.server.setFilter(filter);
+  }
+
+  /** Writes several buffers in one go (corked); no replay record (only used with a filter). */
+  writeMany(data: Buffer[]): boolean {
+    return this.server.writeMany(data);
+  }
+
+  /** The frontend's state kept with this server across leases (its prepared statements). */
+  get serverState(): ServerAttachment | null {
+    return this.server.prepared;
+  }
+
+  set serverState(state: ServerAttachment | null) {
+    this.server.prepared = state;
   }
 
   /** Calls `cb` once the server socket's write buffer has drained. */

@@ -218,6 +218,7 @@ export class Pool {
     if (
       !clean ||
       server.closed ||
+      server.prepared?.poisoned === true ||
       server.moreAfterReady ||
       this.draining ||
       oversize ||
@@ -227,9 +228,11 @@ export class Pool {
         server,
         !clean
           ? "released unclean (client left mid-transaction or server state unknown)"
-          : server.moreAfterReady
-            ? "server sent data nobody asked for after ReadyForQuery"
-            : "released",
+          : server.prepared?.poisoned === true
+            ? "its prepared statements are unknown (a client left with replies owed)"
+            : server.moreAfterReady
+              ? "server sent data nobody asked for after ReadyForQuery"
+              : "released",
       );
       this.afterLoss();
       return;
@@ -240,6 +243,9 @@ export class Pool {
         () => {
           this.leased.delete(server);
           server.applied.clear();
+          // DISCARD ALL dropped every prepared statement: forget any that were tracked on it.
+          server.prepared?.dispose();
+          server.prepared = null;
           this.handOut(server);
         },
         (err: unknown) => {

@@ -31,8 +31,11 @@ export const EVENT_MESSAGE = 2;
 const MAX_COLLECT = 1 << 20;
 
 export class Framer {
-  /** Per message type byte: FRAME_PASS, FRAME_HEADER or FRAME_COLLECT. */
-  readonly modes: Uint8Array;
+  /**
+   * Per message type byte: FRAME_PASS, FRAME_HEADER or FRAME_COLLECT. May be swapped between
+   * messages (a message keeps the mode it was framed with).
+   */
+  modes: Uint8Array;
   /** When true, every message is collected whole (pooler-internal exchanges). */
   collectAll = false;
 
@@ -41,6 +44,12 @@ export class Framer {
   type = 0;
   body: Buffer = EMPTY;
   bodyLength = 0;
+  /**
+   * Offset in the current chunk where the last header began; never reset by feed(). Callers
+   * that need it (prepared statement tracking) set it to -1 before each chunk: -1 then means
+   * the message being reported began in an earlier chunk.
+   */
+  msgStart = -1;
 
   private readonly hdr = Buffer.allocUnsafe(5);
   private hdrFill = 0;
@@ -57,6 +66,29 @@ export class Framer {
   /** True between messages: no partial header or body pending, and no protocol error seen. */
   get atBoundary(): boolean {
     return this.hdrFill === 0 && this.remaining === 0 && !this.failed;
+  }
+
+  /**
+   * The type of a message cut by the end of the last chunk: a partial header (its first byte is
+   * known) or a body being collected; -1 otherwise (between messages, or streaming a body).
+   */
+  get partialType(): number {
+    if (this.hdrFill > 0) return this.hdr[0]!;
+    if (this.collecting !== null) return this.collectType;
+    return -1;
+  }
+
+  /**
+   * Right after an EVENT_HEADER (no body byte consumed yet, body not empty): collect this
+   * message's body instead; the next EVENT_MESSAGE reports it whole (a copy).
+   */
+  collectCurrent(): void {
+    if (this.remaining === 0 || this.remaining !== this.bodyLength) {
+      throw new Error("Framer.collectCurrent() only right after a header event");
+    }
+    this.collecting = Buffer.allocUnsafe(this.remaining);
+    this.collectFill = 0;
+    this.collectType = this.type;
   }
 
   /** True once feed() has thrown: the stream cannot be framed any further. */
@@ -94,8 +126,10 @@ export class Framer {
       if (this.hdrFill === 0 && end - pos >= 5) {
         type = chunk[pos]!;
         len = chunk.readInt32BE(pos + 1);
+        this.msgStart = pos;
         pos += 5;
       } else {
+        if (this.hdrFill === 0) this.msgStart = pos;
         const take = Math.min(5 - this.hdrFill, end - pos);
         chunk.copy(this.hdr, this.hdrFill, pos, pos + take);
         this.hdrFill += take;
