@@ -778,18 +778,7 @@ export class ClientSession implements LeaseHolder {
       pos = f.feed(chunk, pos);
       if (f.event !== EVENT_HEADER) continue;
       const type = f.type;
-      const cls = MESSAGE_CLASS[type]!;
-      const limit = cls === SMALL ? SMALL_MESSAGE_LIMIT : this.ctx.config.general.max_message_size;
-      if (cls === NOT_ALLOWED) {
-        throw new PgError("FATAL", "08P01", `invalid frontend message type ${type}`);
-      }
-      if (f.bodyLength + 4 > limit) {
-        throw new PgError(
-          "FATAL",
-          "08P01",
-          `invalid message length ${f.bodyLength + 4} for message type "${String.fromCharCode(type)}" (limit ${limit} bytes)`,
-        );
-      }
+      this.checkHeader(type, f.bodyLength);
       switch (type) {
         case Msg.Query:
         case Msg.FunctionCall:
@@ -925,18 +914,7 @@ export class ClientSession implements LeaseHolder {
       }
       if (f.event !== EVENT_HEADER) continue;
       const type = f.type;
-      const cls = MESSAGE_CLASS[type]!;
-      const limit = cls === SMALL ? SMALL_MESSAGE_LIMIT : this.ctx.config.general.max_message_size;
-      if (cls === NOT_ALLOWED) {
-        throw new PgError("FATAL", "08P01", `invalid frontend message type ${type}`);
-      }
-      if (f.bodyLength + 4 > limit) {
-        throw new PgError(
-          "FATAL",
-          "08P01",
-          `invalid message length ${f.bodyLength + 4} for message type "${String.fromCharCode(type)}" (limit ${limit} bytes)`,
-        );
-      }
+      this.checkHeader(type, f.bodyLength);
       switch (type) {
         case Msg.Query:
         case Msg.FunctionCall:
@@ -1047,6 +1025,22 @@ export class ClientSession implements LeaseHolder {
     this.terminating = true;
     this.pauseForLease();
     if (!this.acquiring && this.state === READY) this.acquire();
+  }
+
+  /** PostgreSQL's checks of a client message header: a frontend type, a length it accepts. */
+  private checkHeader(type: number, bodyLength: number): void {
+    const cls = MESSAGE_CLASS[type]!;
+    if (cls === NOT_ALLOWED) {
+      throw new PgError("FATAL", "08P01", `invalid frontend message type ${type}`);
+    }
+    const limit = cls === SMALL ? SMALL_MESSAGE_LIMIT : this.ctx.config.general.max_message_size;
+    if (bodyLength + 4 > limit) {
+      throw new PgError(
+        "FATAL",
+        "08P01",
+        `invalid message length ${bodyLength + 4} for message type "${String.fromCharCode(type)}" (limit ${limit} bytes)`,
+      );
+    }
   }
 
   private pauseForLease(): void {
