@@ -244,14 +244,15 @@ describe("out of file descriptors", () => {
   it("a flood past the open-file limit is refused with 53300, never a crash; logged-in clients untouched", async () => {
     const pw = await pooler(
       { max_client_connections: 1000, client_login_timeout: 0 },
-      { prefix: ["prlimit", "--nofile=120:120", "--"] },
+      // 256, not less: loading pgwarden's modules (the cloud SDKs) opens files in parallel
+      { prefix: ["prlimit", "--nofile=256:256", "--"] },
     );
     await pw.waitForLog((l) => /open-file limit is below/.test(String(l.msg)), 5000);
     const clients = await Promise.all(
       Array.from({ length: 3 }, () => connect(pw, "door", "pw", "doordb")),
     );
     const flood: RawClient[] = [];
-    for (let i = 0; i < 150; i++) flood.push(await RawClient.connect(pw));
+    for (let i = 0; i < 300; i++) flood.push(await RawClient.connect(pw));
     await sleep(300);
     // the first ones are held open (they have not logged in); the rest are told why they go
     const refused = flood.filter((r) => r.closed);
