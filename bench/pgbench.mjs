@@ -56,8 +56,10 @@
 //
 // Knobs (environment):
 //   BENCH_SECONDS          seconds per standard pgbench run (-T)                default 15
-//   BENCH_TARGETS          comma list of pgwarden, pgbouncer-latest, pgbouncer-system, direct
-//                          (pgbouncer = both PgBouncers)                        default all
+//   BENCH_TARGETS          comma list of pgwarden, pgbouncer-latest, pgbouncer-system, direct,
+//                          pgwarden-b (pgbouncer = both PgBouncers)   default all but pgwarden-b
+//   BENCH_B_MAIN, BENCH_B_ENV  pgwarden-b runs this dist/cli/main.js and/or with these
+//                          variables ("NAME=value,..."): an A/B of two builds or settings
 //   BENCH_WORKLOADS        comma list of select-only, tpcb-like; none = no standard rows
 //                                                                               default both
 //   BENCH_CLIENTS          comma list of client counts (-c)                     default 50
@@ -74,6 +76,7 @@
 //                          in this repository; without one the target is skipped (build it with
 //                          `bash ../shared/tools/build-pgbouncer.sh <pgbouncer git dir>` from
 //                          the repository root)
+//   BENCH_PGWARDEN_NODE_ARGS  node flags for pgwarden, e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
 //   PGBOUNCER_BIN          pgbouncer-system's binary, else /usr/sbin/pgbouncer, else PATH
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -83,7 +86,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { ROOT, transpileTestSupport } from "./test-modules.mjs";
 
 const PASSWORD = "bench-password";
-const TARGETS = ["pgwarden", "pgbouncer-latest", "pgbouncer-system", "direct"];
+const TARGETS = ["pgwarden", "pgwarden-b", "pgbouncer-latest", "pgbouncer-system", "direct"];
 const WORKLOADS = ["select-only", "tpcb-like"];
 const PROTOCOLS = ["simple", "extended", "prepared"];
 const RESTART_CLIENTS = 20;
@@ -116,9 +119,10 @@ function readConfig() {
     seconds: positive("BENCH_SECONDS", 15),
     targets: [
       ...new Set(
-        list("BENCH_TARGETS", TARGETS.join(","), [...TARGETS, "pgbouncer"]).flatMap((t) =>
-          t === "pgbouncer" ? ["pgbouncer-latest", "pgbouncer-system"] : [t],
-        ),
+        list("BENCH_TARGETS", TARGETS.filter((t) => t !== "pgwarden-b").join(","), [
+          ...TARGETS,
+          "pgbouncer",
+        ]).flatMap((t) => (t === "pgbouncer" ? ["pgbouncer-latest", "pgbouncer-system"] : [t])),
       ),
     ],
     workloads:
@@ -258,9 +262,25 @@ async function startTargets(h, cluster, started) {
     });
   };
   for (const key of cfg.targets) {
-    if (key === "pgwarden") {
-      log("starting pgwarden");
+    if (key === "pgwarden" || key === "pgwarden-b") {
+      // pgwarden-b: the same with BENCH_B_MAIN (another build's dist/cli/main.js) and/or
+      // BENCH_B_ENV ("NAME=value,..."), for an A/B of two builds or settings in one run
+      const b = key === "pgwarden-b";
+      const bEnv = Object.fromEntries(
+        (b ? env("BENCH_B_ENV", "") : "")
+          .split(",")
+          .filter(Boolean)
+          .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
+      );
+      const bMain = b ? env("BENCH_B_MAIN", "") : "";
+      log(`starting ${key}`);
+      const nodeArgs = env("BENCH_PGWARDEN_NODE_ARGS", "");
+      const mainBefore = process.env.PGWARDEN_MAIN;
+      if (bMain) process.env.PGWARDEN_MAIN = bMain; // read by the harness while starting
       const pw = await h.pgwarden.startPgwarden({
+        // node's own flags (--cpu-prof is not allowed in NODE_OPTIONS): sh execs node with them
+        prefix: nodeArgs ? ["sh", "-c", `exec "$0" ${nodeArgs} "$@"`] : undefined,
+        env: bEnv,
         general: {
           pooler_mode: "transaction",
           default_pool_size: cfg.poolSize,
@@ -279,8 +299,10 @@ async function startTargets(h, cluster, started) {
           },
         ],
       });
+      if (mainBefore === undefined) delete process.env.PGWARDEN_MAIN;
+      else process.env.PGWARDEN_MAIN = mainBefore;
       started.push(pw);
-      targets.push({ key, name: "pgwarden", host: pw.host, port: pw.port, pid: pw.proc.pid });
+      targets.push({ key, name: key, host: pw.host, port: pw.port, pid: pw.proc.pid });
     } else if (key === "pgbouncer-latest") {
       const bin = latestPgbouncerBin();
       const version = bin && h.pgbouncer.pgbouncerVersion(bin);

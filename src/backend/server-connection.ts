@@ -47,7 +47,7 @@ import {
   TxStatus,
   terminate,
 } from "../protocol/index.js";
-import { errorMessage, type Logger, PgError, PgwardenError } from "../util/index.js";
+import { errorMessage, type Logger, PgError, PgwardenError, SocketIO } from "../util/index.js";
 
 /** tls_verify, plus "require" (TLS without verification, no plaintext fallback) for token logins. */
 export type TlsMode = "disabled" | "prefer" | "require" | "verify_ca" | "verify_full";
@@ -158,6 +158,8 @@ export class ServerConnection {
   baseline: ReadonlyMap<string, string> = new Map();
   /** Settings pgwarden applied for clients (name → the value the client asked for). */
   readonly applied = new Map<string, string>();
+  /** Stamp of the client settings last synced here (pool/params.ts); 0 = unknown. */
+  settingsStamp = 0;
   txStatus: number = TxStatus.Idle;
   closed = false;
   closeReason = "";
@@ -174,6 +176,8 @@ export class ServerConnection {
   moreAfterReady = false;
 
   private socket: net.Socket;
+  /** The socket's reads and writes once logged in (installPump). */
+  private io: SocketIO | null = null;
   private readonly framer = new Framer(PROXY_MODES);
   private mode = MODE_IDLE;
   private sink: ServerSink | null = null;
@@ -214,7 +218,7 @@ export class ServerConnection {
   installPump(socket: net.Socket, rest: Buffer): void {
     this.socket = socket;
     this.tls = socket instanceof tls.TLSSocket;
-    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    this.io = new SocketIO(socket, (chunk: Buffer) => this.onData(chunk));
     socket.on("error", (err) => this.destroy(`socket error: ${err.message}`, err));
     socket.on("end", () => this.destroy("server closed the connection"));
     socket.on("close", () => this.destroy("server closed the connection"));
@@ -244,40 +248,36 @@ export class ServerConnection {
     this.sink = null;
     this.owner = null;
     this.mode = MODE_IDLE;
-    if (this.socket.isPaused()) this.socket.resume();
+    if (this.io!.isPaused) this.io!.resume();
   }
 
   write(data: Buffer): boolean {
-    return this.socket.write(data);
+    return this.io!.write(data);
   }
 
   /**
    * Several buffers in one write: copied into one when small (a copy of a few hundred bytes
-   * costs less than writev's per-buffer bookkeeping), else corked into one writev.
+   * costs less than a write per buffer), else written one after the other.
    */
   writeMany(data: Buffer[]): boolean {
-    if (data.length === 1) return this.socket.write(data[0]!);
+    const io = this.io!;
+    if (data.length === 1) return io.write(data[0]!);
     let total = 0;
     for (const b of data) total += b.length;
-    if (total <= SMALL_WRITE) return this.socket.write(Buffer.concat(data, total));
-    const s = this.socket;
-    s.cork();
-    let ok = true;
-    for (const b of data) ok = s.write(b);
-    s.uncork();
-    return ok;
+    if (total <= SMALL_WRITE) return io.write(Buffer.concat(data, total));
+    return io.writeMany(data);
   }
 
   pause(): void {
-    this.socket.pause();
+    this.io!.pause();
   }
 
   onceDrain(cb: () => void): void {
-    this.socket.once("drain", cb);
+    this.io!.onceDrain(cb);
   }
 
   resume(): void {
-    this.socket.resume();
+    this.io!.resume();
   }
 
   /** Runs one pooler-issued simple query; rejects with the server's PgError if it fails. */
@@ -288,7 +288,7 @@ export class ServerConnection {
       this.internal = { resolve, reject, error: null };
       this.mode = MODE_INTERNAL;
       this.framer.collectAll = true;
-      this.socket.write(queryMessage(sql));
+      this.io!.write(queryMessage(sql));
     });
   }
 
@@ -390,7 +390,7 @@ export class ServerConnection {
         const sink = this.sink;
         if (sink !== null && this.mode === MODE_PROXY) {
           if (!this.answered) this.firstAnswer();
-          if (!sink.serverData(fwd === 0 ? chunk : chunk.subarray(fwd))) this.socket.pause();
+          if (!sink.serverData(fwd === 0 ? chunk : chunk.subarray(fwd))) this.io!.pause();
         } else if (this.mode === MODE_IDLE) {
           this.idleData(chunk.subarray(fwd));
         }
@@ -477,7 +477,7 @@ export class ServerConnection {
         }
       }
       if (end > fwd) flowing = this.toSink(sink, chunk.subarray(fwd, end)) && flowing;
-      if (!flowing && this.sink === sink) this.socket.pause();
+      if (!flowing && this.sink === sink) this.io!.pause();
     } catch (err) {
       this.destroy(`protocol error from server: ${errorMessage(err)}`, err as Error);
     }

@@ -40,6 +40,7 @@ import {
   type Pool,
   type PoolRegistry,
   reportedAsGiven,
+  settingsStamp,
   shapeKey,
   TRACKED_REPORTED,
   wantedSettings,
@@ -60,7 +61,7 @@ import {
   readyForQuery,
   TxStatus,
 } from "../protocol/index.js";
-import { errorMessage, type Logger, PgError, PgwardenError } from "../util/index.js";
+import { errorMessage, type Logger, PgError, PgwardenError, SocketIO } from "../util/index.js";
 import { ClientAuth } from "./client-auth.js";
 import type { ServerStatements, StatementRegistry } from "./prepared-statements.js";
 import { StatementRewriter } from "./statement-rewriter.js";
@@ -111,6 +112,9 @@ const CLIENT_MODES = frameModes([], FRAME_HEADER);
 /** Messages the rewriter needs whole (or whose start must hold names) are collected up to this. */
 const MAX_REWRITE_COLLECT = 1 << 20;
 
+/** Client bytes kept while waiting for a server beyond which the socket stops reading. */
+const PENDING_PAUSE_BYTES = 64 * 1024;
+
 /** Largest password message accepted from a client (SCRAM messages are small; tokens are not ours). */
 const MAX_AUTH_MESSAGE = 64 * 1024;
 
@@ -126,14 +130,21 @@ export class ClientSession implements LeaseHolder {
   state = STARTUP;
 
   private socket: net.Socket;
+  /** Reads and writes once logged in (READY): straight to the socket's handle where it can. */
+  private io: SocketIO | null = null;
   private readonly buf = new MessageBuffer(MAX_AUTH_MESSAGE);
   private auth: ClientAuth | null = null;
   private pool: Pool | null = null;
   private poolGeneration = -1;
   private wanted = new Map<string, string>();
+  /** settingsStamp(wanted), kept up to date with it. */
+  private wantedStamp = settingsStamp(this.wanted);
   private lease: Lease | null = null;
   private acquiring = false;
   private pending: Buffer[] = [];
+  /** The other of the two pending arrays (see leaseReady). */
+  private spare: Buffer[] = [];
+  private pendingBytes = 0;
   private readonly framer = new Framer(CLIENT_MODES);
   private expectZ = 0;
   private dirty = false;
@@ -440,6 +451,7 @@ export class ClientSession implements LeaseHolder {
     if (this.ctx.shuttingDown) throw new PgError("FATAL", "57P03", "pgwarden is shutting down");
     try {
       this.wanted = wantedSettings(params);
+      this.wantedStamp = settingsStamp(this.wanted);
     } catch (err) {
       throw new PgError("FATAL", "22023", `invalid startup options: ${errorMessage(err)}`);
     }
@@ -641,6 +653,9 @@ export class ClientSession implements LeaseHolder {
     parts.push(backendKeyData(this.pid, this.secret), readyForQuery("I"));
     this.socket.write(Buffer.concat(parts));
     this.state = READY;
+    // From here on the socket's reads and writes take the lean path (util/socket-io.ts).
+    this.socket.removeListener("data", this.onDataBound);
+    this.io = new SocketIO(this.socket, this.onDataBound);
     this.ctx.logger.info(
       {
         client: this.remote,
@@ -676,18 +691,29 @@ export class ClientSession implements LeaseHolder {
       this.pool = current;
       this.poolGeneration = reg.generation;
     }
-    const result = this.pool!.acquire(this);
-    if (result instanceof Promise) {
-      result.then(
-        (lease) => this.gotLease(lease),
-        (err: unknown) => {
-          this.acquiring = false;
-          this.fatal(err);
-        },
-      );
-    } else {
-      this.gotLease(result);
+    let lease: Lease | null;
+    try {
+      lease = this.pool!.acquire(this);
+    } catch (err) {
+      this.acquiring = false;
+      this.fatal(err);
+      return;
     }
+    if (lease !== null) this.gotLease(lease);
+  }
+
+  /** LeaseHolder: the pool's mark while this session waits for a server. */
+  poolTicket = 0;
+
+  /** LeaseHolder: the server this session waited for. */
+  leaseGranted(lease: Lease): void {
+    this.gotLease(lease);
+  }
+
+  /** LeaseHolder: the wait failed. */
+  leaseFailed(err: Error): void {
+    this.acquiring = false;
+    this.fatal(err);
   }
 
   /**
@@ -700,7 +726,7 @@ export class ClientSession implements LeaseHolder {
       lease.release(true);
       return;
     }
-    const sync = lease.sync(this.wanted);
+    const sync = lease.sync(this.wanted, this.wantedStamp);
     if (sync === null) {
       this.leaseReady(lease);
       return;
@@ -729,12 +755,17 @@ export class ClientSession implements LeaseHolder {
     this.lease = lease;
     try {
       if (this.state === LOGIN) this.welcome();
+      // Two arrays in turn: bytes that arrive while these are written queue in the other.
       const chunks = this.pending;
-      this.pending = [];
-      for (const c of chunks) {
-        if (this.state !== READY || this.lease !== lease) return;
-        this.toServer(lease, c);
+      this.pending = this.spare;
+      this.spare = chunks;
+      this.pendingBytes = 0;
+      for (let i = 0; i < chunks.length; i++) {
+        if (this.state !== READY || this.lease !== lease) break;
+        this.toServer(lease, chunks[i]!);
       }
+      chunks.length = 0;
+      if (this.state !== READY || this.lease !== lease) return;
       if (this.rw !== null && this.state === READY && this.lease === lease) {
         this.attachRewriter(lease, this.rwUntrackedSyncs, this.rwUntrackedMessages);
         this.rwUntrackedSyncs = 0;
@@ -747,7 +778,7 @@ export class ClientSession implements LeaseHolder {
       }
       if (this.pausedForLease) {
         this.pausedForLease = false;
-        if (this.state === READY && !this.waitingServerDrain) this.socket.resume();
+        if (this.state === READY && !this.waitingServerDrain) this.resumeReads();
       }
     } catch (err) {
       this.fail(err);
@@ -838,15 +869,18 @@ export class ClientSession implements LeaseHolder {
       this.toServer(lease, chunk);
       return;
     }
+    this.queuePending(chunk);
+    if (!this.acquiring && this.state === READY) this.acquire();
+  }
+
+  /**
+   * Keeps client bytes until a server is leased. The socket goes on reading (a client that
+   * waits for its answer sends nothing more) unless more than PENDING_PAUSE_BYTES pile up.
+   */
+  private queuePending(chunk: Buffer): void {
     this.pending.push(chunk);
-    if (this.acquiring || this.state !== READY) {
-      this.pauseForLease();
-      return;
-    }
-    this.acquire();
-    // Usually an idle server was at hand and the bytes are already on their way; pause the
-    // socket (two syscalls) only when the client really has to wait.
-    if (this.lease === null) this.pauseForLease();
+    this.pendingBytes += chunk.length;
+    if (this.pendingBytes > PENDING_PAUSE_BYTES) this.pauseForLease();
   }
 
   /** Named prepared statements are tracked for this client (transaction pooling, "extended"). */
@@ -1007,7 +1041,7 @@ export class ClientSession implements LeaseHolder {
     rw.plan();
     const out = rw.takeServer();
     if (out.length > 0 && !lease.writeMany(out)) this.waitServerDrain(lease);
-    for (const b of rw.takeClient()) this.socket.write(b);
+    for (const b of rw.takeClient()) this.send(b);
   }
 
   /** Terminate with the rewriter on: what came before it still goes out; then the end. */
@@ -1043,10 +1077,30 @@ export class ClientSession implements LeaseHolder {
     }
   }
 
+  /** Writes to the client (after login). */
+  private send(data: Buffer): boolean {
+    return this.io !== null ? this.io.write(data) : this.socket.write(data);
+  }
+
+  private onceClientDrain(cb: () => void): void {
+    if (this.io !== null) this.io.onceDrain(cb);
+    else this.socket.once("drain", cb);
+  }
+
+  private pauseReads(): void {
+    if (this.io !== null) this.io.pause();
+    else this.socket.pause();
+  }
+
+  private resumeReads(): void {
+    if (this.io !== null) this.io.resume();
+    else this.socket.resume();
+  }
+
   private pauseForLease(): void {
     if (this.pausedForLease || this.state === CLOSED) return;
     this.pausedForLease = true;
-    this.socket.pause();
+    this.pauseReads();
   }
 
   /** Terminate: what came before it still goes to a server; then the session ends. */
@@ -1074,10 +1128,10 @@ export class ClientSession implements LeaseHolder {
   private waitServerDrain(lease: Lease): void {
     if (!this.waitingServerDrain) {
       this.waitingServerDrain = true;
-      this.socket.pause();
+      this.pauseReads();
       lease.onceServerDrain(() => {
         this.waitingServerDrain = false;
-        if (this.state === READY && !this.pausedForLease) this.socket.resume();
+        if (this.state === READY && !this.pausedForLease) this.resumeReads();
       });
     }
   }
@@ -1105,10 +1159,10 @@ export class ClientSession implements LeaseHolder {
 
   serverData(data: Buffer): boolean {
     if (this.state === CLOSED) return true;
-    const ok = this.socket.write(data);
+    const ok = this.send(data);
     if (!ok && !this.waitingClientDrain) {
       this.waitingClientDrain = true;
-      this.socket.once("drain", () => {
+      this.onceClientDrain(() => {
         this.waitingClientDrain = false;
         this.lease?.resumeServer();
       });
@@ -1132,7 +1186,10 @@ export class ClientSession implements LeaseHolder {
 
   serverParameter(name: string, value: string): void {
     if (!TRACKED_REPORTED.has(name)) return;
-    this.wanted.set(name, value);
+    if (this.wanted.get(name) !== value) {
+      this.wanted.set(name, value);
+      this.wantedStamp = settingsStamp(this.wanted);
+    }
     this.lease?.noteApplied(name, value);
     if (name === "application_name") this.applicationName = value;
   }
@@ -1183,7 +1240,7 @@ export class ClientSession implements LeaseHolder {
     this.waitingServerDrain = false;
     if (!this.pausedForLease) {
       this.pausedForLease = true;
-      this.socket.pause();
+      this.pauseReads();
     }
     this.pending = this.pending.length === 0 ? replay : replay.concat(this.pending);
     setImmediate(() => this.replayNow());
@@ -1193,7 +1250,7 @@ export class ClientSession implements LeaseHolder {
     if (this.state !== READY || this.lease !== null || this.acquiring) return;
     if (this.pending.length === 0) {
       this.pausedForLease = false; // nothing was sent: just an idle client without a server
-      this.socket.resume();
+      this.resumeReads();
       return;
     }
     try {

@@ -30,6 +30,9 @@ function setup(txStatus = 0x49) {
   const lost: Lost[] = [];
   const released: boolean[] = [];
   const holder: LeaseHolder = {
+    poolTicket: 0,
+    leaseGranted: () => {},
+    leaseFailed: () => {},
     serverData: () => true,
     serverReady: () => {},
     serverParameter: () => {},

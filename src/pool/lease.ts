@@ -27,6 +27,12 @@ import { markSynced, syncQuery } from "./params.js";
 
 /** What the client side implements to receive its server's output. */
 export interface LeaseHolder {
+  /** The pool's mark while this holder waits for a server (0: not waiting). Owned by the pool. */
+  poolTicket: number;
+  /** A lease this holder waited for (Pool.acquire returned null). */
+  leaseGranted(lease: Lease): void;
+  /** The wait ended without a lease (checkout_timeout, pool closed, server unreachable). */
+  leaseFailed(err: Error): void;
   serverData(data: Buffer): boolean;
   serverReady(status: number): void;
   serverParameter(name: string, value: string): void;
@@ -53,8 +59,13 @@ const replayed = new WeakMap<Buffer, number>();
 
 export class Lease implements ServerOwner {
   private released = false;
-  /** Client chunks written since the lease began, while the server has not answered; else null. */
-  private replay: Buffer[] | null;
+  /**
+   * Client chunks written since the lease began, while the server has not answered (the first
+   * in `replay0`, so that a lease of one request allocates nothing); `replaying` false: none.
+   */
+  private replaying: boolean;
+  private replay0: Buffer | null = null;
+  private replayMore: Buffer[] | null = null;
   private replayBytes = 0;
 
   constructor(
@@ -62,7 +73,7 @@ export class Lease implements ServerOwner {
     readonly server: ServerConnection,
     private readonly holder: LeaseHolder,
   ) {
-    this.replay = server.txStatus === TxStatus.Idle ? [] : null;
+    this.replaying = server.txStatus === TxStatus.Idle;
     server.attach(holder, this);
   }
 
@@ -94,18 +105,25 @@ export class Lease implements ServerOwner {
   }
 
   write(data: Buffer): boolean {
-    const r = this.replay;
-    if (r !== null) {
+    if (this.replaying) {
       this.replayBytes += data.length;
-      if (this.replayBytes <= REPLAY_MAX_BYTES) r.push(data);
-      else this.replay = null;
+      if (this.replayBytes > REPLAY_MAX_BYTES) this.stopReplay();
+      else if (this.replay0 === null) this.replay0 = data;
+      else if (this.replayMore === null) this.replayMore = [data];
+      else this.replayMore.push(data);
     }
     return this.server.write(data);
   }
 
   /** ServerOwner: the server's first byte of output on this lease. */
   serverAnswered(): void {
-    this.replay = null;
+    this.stopReplay();
+  }
+
+  private stopReplay(): void {
+    this.replaying = false;
+    this.replay0 = null;
+    this.replayMore = null;
   }
 
   /** ServerOwner: the server died under this lease. */
@@ -115,11 +133,11 @@ export class Lease implements ServerOwner {
   }
 
   private takeReplay(err: Error): Buffer[] | null {
-    const r = this.replay;
-    this.replay = null;
-    if (r === null) return null;
-    const first = r[0];
-    if (first === undefined) return r;
+    if (!this.replaying) return null;
+    const first = this.replay0;
+    const r = first === null ? [] : [first, ...(this.replayMore ?? [])];
+    this.stopReplay();
+    if (first === null) return r;
     const shutdown = err instanceof PgError && err.sqlstate.startsWith("57P");
     if (!shutdown) return null;
     const times = replayed.get(first) ?? 0;
@@ -134,7 +152,7 @@ export class Lease implements ServerOwner {
    * no replay on another server.
    */
   setFilter(filter: ReplyFilter | null): void {
-    if (filter !== null) this.replay = null;
+    if (filter !== null) this.stopReplay();
     this.server.setFilter(filter);
   }
 
@@ -166,18 +184,29 @@ export class Lease implements ServerOwner {
   }
 
   /**
-   * Makes the server's settings match the client's. Returns null when nothing needs doing (no
-   * round trip), else a promise that rejects with the server's error.
+   * Makes the server's settings match the client's (`stamp` = settingsStamp(wanted)). Returns
+   * null when nothing needs doing (no round trip; one comparison when the server was last
+   * synced to the same settings), else a promise that rejects with the server's error.
    */
-  sync(wanted: ReadonlyMap<string, string>): Promise<void> | null {
-    const sql = syncQuery(this.server, wanted);
-    if (sql === null) return null;
-    return this.server.query(sql).then(() => markSynced(this.server, wanted));
+  sync(wanted: ReadonlyMap<string, string>, stamp: number): Promise<void> | null {
+    const server = this.server;
+    if (server.settingsStamp === stamp) return null;
+    const sql = syncQuery(server, wanted);
+    if (sql === null) {
+      server.settingsStamp = stamp;
+      return null;
+    }
+    server.settingsStamp = 0;
+    return server.query(sql).then(() => {
+      markSynced(server, wanted);
+      server.settingsStamp = stamp;
+    });
   }
 
   /** Records a setting the client changed on this server (from its ParameterStatus). */
   noteApplied(name: string, value: string): void {
     this.server.applied.set(name, value);
+    this.server.settingsStamp = 0;
   }
 
   cancel(): void {
@@ -193,7 +222,7 @@ export class Lease implements ServerOwner {
   release(clean: boolean, reset = false): void {
     if (this.released) return;
     this.released = true;
-    this.replay = null;
+    this.stopReplay();
     this.pool.release(this, clean, reset);
   }
 }

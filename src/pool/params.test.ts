@@ -1,5 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { literal, markSynced, parseOptions, syncQuery, wantedSettings } from "./params.js";
+import {
+  literal,
+  markSynced,
+  parseOptions,
+  settingsStamp,
+  syncQuery,
+  wantedSettings,
+} from "./params.js";
 
 describe("settings sync", () => {
   it("unpacks options and skips non-settings", () => {
@@ -33,6 +40,7 @@ describe("settings sync", () => {
     const server = {
       applied: new Map([["TimeZone", "UTC"]]),
       baseline: new Map([["DateStyle", "ISO, MDY"]]),
+      settingsStamp: 0,
     };
     const wanted = new Map([
       ["DateStyle", "ISO, MDY"],
@@ -43,5 +51,21 @@ describe("settings sync", () => {
     markSynced(server, wanted);
     expect(syncQuery(server, wanted)).toBeNull();
     expect([...server.applied]).toEqual([["application_name", "x"]]);
+  });
+
+  it("stamps: the same settings get the same stamp, different ones never share one", () => {
+    const a = settingsStamp(new Map([["application_name", "a"]]));
+    expect(settingsStamp(new Map([["application_name", "a"]]))).toBe(a);
+    expect(settingsStamp(new Map([["application_name", "b"]]))).not.toBe(a);
+    expect(settingsStamp(new Map([["application_nam", "ea"]]))).not.toBe(a);
+    // past the table's size, old sets get new stamps, never another set's
+    const seen = new Map<number, string>();
+    for (let i = 0; i < 10_000; i++) {
+      const v = `v${i % 5000}`;
+      const st = settingsStamp(new Map([["search_path", v]]));
+      const before = seen.get(st);
+      if (before !== undefined) expect(before).toBe(v);
+      seen.set(st, v);
+    }
   });
 });

@@ -79,6 +79,29 @@ export function identifier(name: string): string {
 export interface SettingsState {
   readonly applied: Map<string, string>;
   readonly baseline: ReadonlyMap<string, string>;
+  /** The stamp of the settings last synced onto this server; 0 = unknown (compare the maps). */
+  settingsStamp: number;
+}
+
+// Stamps: a number per distinct set of wanted settings, so that the check at checkout is one
+// comparison when nothing changed. Equal stamps always mean equal settings (a stamp is never
+// given to two different sets); equal settings usually share a stamp, through a bounded table
+// (cleared when full: later stamps are new numbers, never old ones reused).
+const STAMP_TABLE_MAX = 4096;
+const stamps = new Map<string, number>();
+let nextStamp = 1;
+
+/** The stamp of these wanted settings. */
+export function settingsStamp(wanted: ReadonlyMap<string, string>): number {
+  let key = "";
+  for (const [k, v] of wanted) key += `${k}\0${v}\0`;
+  let stamp = stamps.get(key);
+  if (stamp === undefined) {
+    if (stamps.size >= STAMP_TABLE_MAX) stamps.clear();
+    stamp = nextStamp++;
+    stamps.set(key, stamp);
+  }
+  return stamp;
 }
 
 /**

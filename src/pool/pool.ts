@@ -4,7 +4,10 @@
 // stay warm and the others age out by idle_timeout), leased (`leased` set, attached to exactly
 // one client through a Lease), or being opened (`connecting` count). Clients that find no idle
 // server wait in a FIFO queue with their own checkout_timeout; every connection that becomes
-// free (released clean, or newly opened) goes to the head waiter first. Capacity is
+// free (released clean, or newly opened) goes to the head waiter first (its LeaseHolder is
+// called back: no promise, no timer and no object per wait; one timer per pool, set for the head
+// waiter's deadline, ends waits past checkout_timeout, and a waiter that leaves just drops its
+// ticket, so its queue entry is skipped when reached). Capacity is
 // idle + leased + connecting <= pool_size, and opens are started for waiters that no open in
 // flight will serve. An idle server that closes or says anything is dropped at once (backend
 // closes it), and one that sent bytes after the ReadyForQuery that released it is not reused.
@@ -94,14 +97,8 @@ export function isTransientConnectFailure(err: unknown): boolean {
   }
 }
 
-interface Waiter {
-  resolve: (lease: Lease) => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout | null;
-  holder: LeaseHolder;
-  done: boolean;
-  since: number;
-}
+/** Wait tickets, unique in the process (a holder may wait in one pool, then in another). */
+let nextTicket = 1;
 
 export class Pool {
   readonly name: string;
@@ -109,7 +106,13 @@ export class Pool {
   readonly idle: ServerConnection[] = [];
   readonly leased = new Map<ServerConnection, Lease>();
   connecting = 0;
-  private readonly waiters = new Queue<Waiter>();
+  /** Waiting holders in arrival order, each with the ticket it waits under and since when. */
+  private readonly waitHolders = new Queue<LeaseHolder>();
+  private readonly waitTickets = new Queue<number>();
+  private readonly waitSince = new Queue<number>();
+  /** Holders really waiting (queue entries whose ticket is still their holder's). */
+  private live = 0;
+  private waitTimer: NodeJS.Timeout | null = null;
   private draining = false;
   private paused = false;
   private pauseWaiters: Array<() => void> = [];
@@ -142,7 +145,7 @@ export class Pool {
   }
 
   get waiting(): number {
-    return this.waiters.length;
+    return this.live;
   }
 
   get isDraining(): boolean {
@@ -150,37 +153,74 @@ export class Pool {
   }
 
   /**
-   * A lease on a server connection for `holder`. Synchronous when an idle server is at hand
-   * (the common case on the hot path); otherwise a promise that settles within checkout_timeout.
+   * A lease on a server connection for `holder`, at once when an idle server is at hand (the
+   * common case on the hot path). Otherwise null: the holder waits, and exactly one of its
+   * leaseGranted / leaseFailed is called later (never from within this call), unless it
+   * leaves first (cancelWait). Throws POOL_CLOSED when the pool is draining.
    */
-  acquire(holder: LeaseHolder): Lease | Promise<Lease> {
+  acquire(holder: LeaseHolder): Lease | null {
     if (this.draining) {
-      return Promise.reject(
-        new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }),
-      );
+      throw new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, {
+        pool: this.name,
+      });
     }
     this.stats.checkouts++;
     const server = this.paused ? null : this.popIdle();
     if (server !== null) return this.lease(server, holder);
-    return new Promise<Lease>((resolve, reject) => {
-      const since = performance.now();
-      const waiter: Waiter = { resolve, reject, timer: null, holder, done: false, since };
-      const { checkoutTimeout } = this.settings;
-      waiter.resolve = (lease) => {
-        this.stats.totalWaitMs += performance.now() - since;
-        resolve(lease);
-      };
-      if (checkoutTimeout > 0) {
-        waiter.timer = setTimeout(() => {
-          if (waiter.done) return;
-          waiter.done = true;
-          this.stats.totalWaitMs += performance.now() - since;
-          reject(this.checkoutTimeoutError(checkoutTimeout));
-        }, checkoutTimeout);
+    const ticket = nextTicket++;
+    holder.poolTicket = ticket;
+    this.waitHolders.push(holder);
+    this.waitTickets.push(ticket);
+    this.waitSince.push(performance.now());
+    this.live++;
+    this.armWaitTimer();
+    this.openForWaiters();
+    return null;
+  }
+
+  /** Takes the head waiter off the queue (skipping those that left); null when none waits. */
+  private nextWaiter(now: number): LeaseHolder | null {
+    for (;;) {
+      const holder = this.waitHolders.shift();
+      if (holder === undefined) return null;
+      const ticket = this.waitTickets.shift()!;
+      const since = this.waitSince.shift()!;
+      if (holder.poolTicket !== ticket) continue;
+      holder.poolTicket = 0;
+      this.live--;
+      this.stats.totalWaitMs += now - since;
+      return holder;
+    }
+  }
+
+  /** One timer per pool, for the head waiter's checkout_timeout (FIFO: the earliest deadline). */
+  private armWaitTimer(): void {
+    if (this.waitTimer !== null || this.live === 0) return;
+    const timeout = this.settings.checkoutTimeout;
+    const since = this.waitSince.peek();
+    if (timeout <= 0 || since === undefined) return;
+    const delay = Math.max(1, since + timeout - performance.now());
+    this.waitTimer = setTimeout(() => this.expireWaiters(), delay);
+  }
+
+  private expireWaiters(): void {
+    this.waitTimer = null;
+    const timeout = this.settings.checkoutTimeout;
+    const now = performance.now();
+    for (;;) {
+      const holder = this.waitHolders.peek();
+      if (holder === undefined) break;
+      const live = holder.poolTicket === this.waitTickets.peek();
+      if (live && (timeout <= 0 || now - this.waitSince.peek()! < timeout)) break;
+      if (!live) {
+        this.waitHolders.shift();
+        this.waitTickets.shift();
+        this.waitSince.shift();
+        continue;
       }
-      this.waiters.push(waiter);
-      this.openForWaiters();
-    });
+      this.nextWaiter(now)!.leaseFailed(this.checkoutTimeoutError(timeout));
+    }
+    this.armWaitTimer();
   }
 
   /** While the server is down, the wait ends as a connection failure naming its cause. */
@@ -196,13 +236,25 @@ export class Pool {
     );
   }
 
-  /** Forgets a waiter whose client went away. */
+  /** Forgets a waiter whose client went away (its queue entry is skipped when reached). */
   cancelWait(holder: LeaseHolder): void {
-    for (const w of this.waiters) {
-      if (w.holder === holder && !w.done) {
-        w.done = true;
-        if (w.timer) clearTimeout(w.timer);
-      }
+    if (holder.poolTicket === 0) return;
+    holder.poolTicket = 0;
+    this.live--;
+    // Many left while the head still waits: drop their entries now.
+    if (this.waitHolders.length > 2 * this.live + 64) this.compactWaiters();
+  }
+
+  private compactWaiters(): void {
+    const n = this.waitHolders.length;
+    for (let i = 0; i < n; i++) {
+      const holder = this.waitHolders.shift()!;
+      const ticket = this.waitTickets.shift()!;
+      const since = this.waitSince.shift()!;
+      if (holder.poolTicket !== ticket) continue;
+      this.waitHolders.push(holder);
+      this.waitTickets.push(ticket);
+      this.waitSince.push(since);
     }
   }
 
@@ -243,6 +295,7 @@ export class Pool {
         () => {
           this.leased.delete(server);
           server.applied.clear();
+          server.settingsStamp = 0;
           // DISCARD ALL dropped every prepared statement: forget any that were tracked on it.
           server.prepared?.dispose();
           server.prepared = null;
@@ -304,15 +357,14 @@ export class Pool {
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     for (const s of this.idle.splice(0)) this.discard(s, "pool drained");
-    for (const w of this.waiters) {
-      if (w.done) continue;
-      w.done = true;
-      if (w.timer) clearTimeout(w.timer);
-      w.reject(
+    if (this.waitTimer !== null) clearTimeout(this.waitTimer);
+    this.waitTimer = null;
+    const now = performance.now();
+    for (let h = this.nextWaiter(now); h !== null; h = this.nextWaiter(now)) {
+      h.leaseFailed(
         new PgwardenError("POOL_CLOSED", `pool ${this.name} is shutting down`, { pool: this.name }),
       );
     }
-    this.waiters.filter(() => false);
   }
 
   /** Closes everything now, leased servers included (their clients get an error). */
@@ -329,12 +381,12 @@ export class Pool {
 
   snapshot(): PoolSnapshot {
     let maxWaitMs = 0;
-    let waiting = 0;
+    const waiting = this.live;
     const now = performance.now();
-    for (const w of this.waiters) {
-      if (w.done) continue;
-      waiting++;
-      maxWaitMs = Math.max(maxWaitMs, now - w.since);
+    for (let i = 0; i < this.waitHolders.length; i++) {
+      if (this.waitHolders.at(i)!.poolTicket !== this.waitTickets.at(i)) continue;
+      maxWaitMs = now - this.waitSince.at(i)!; // the head live waiter waited longest
+      break;
     }
     const s = this.settings;
     return {
@@ -390,7 +442,7 @@ export class Pool {
   resume(): void {
     if (!this.paused) return;
     this.paused = false;
-    while (this.liveWaiters() > 0) {
+    while (this.live > 0) {
       const server = this.popIdle();
       if (server === null) break;
       this.handOut(server);
@@ -399,12 +451,6 @@ export class Pool {
   }
 
   // ---- internals ----------------------------------------------------------------------------
-
-  private liveWaiters(): number {
-    let n = 0;
-    for (const w of this.waiters) if (!w.done) n++;
-    return n;
-  }
 
   private popIdle(): ServerConnection | null {
     while (this.idle.length > 0) {
@@ -443,14 +489,13 @@ export class Pool {
       this.checkPaused();
       return;
     }
-    for (let w = this.waiters.shift(); w !== undefined; w = this.waiters.shift()) {
-      if (w.done) continue;
-      w.done = true;
-      if (w.timer) clearTimeout(w.timer);
-      w.resolve(this.lease(server, w.holder));
+    const now = performance.now();
+    const holder = this.nextWaiter(now);
+    if (holder !== null) {
+      holder.leaseGranted(this.lease(server, holder));
       return;
     }
-    server.lastReleasedAt = performance.now();
+    server.lastReleasedAt = now;
     this.idle.push(server);
   }
 
@@ -476,7 +521,7 @@ export class Pool {
     if (this.draining || this.paused) return;
     const room = this.settings.poolSize - this.size;
     if (room <= 0) return;
-    const live = this.liveWaiters();
+    const live = this.live;
     if (this.down) {
       if (this.retryTimer === null && this.connecting === 0 && live > 0)
         void this.open().catch(() => {});
@@ -488,7 +533,7 @@ export class Pool {
 
   /** One probe open after a backoff, while clients wait and the server is down. */
   private scheduleRetry(): void {
-    if (this.retryTimer !== null || this.draining || this.liveWaiters() === 0) return;
+    if (this.retryTimer !== null || this.draining || this.live === 0) return;
     const base = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** Math.min(this.retryRound, 10));
     this.retryRound++;
     const delay = base / 2 + Math.random() * (base / 2);
@@ -552,16 +597,8 @@ export class Pool {
         this.down = false;
         // The open was for a waiter (or for min_pool_size): fail the head waiter with the cause,
         // unless other opens in flight will serve it.
-        const live = this.liveWaiters();
-        if (live > this.connecting) {
-          for (let w = this.waiters.shift(); w !== undefined; w = this.waiters.shift()) {
-            if (w.done) continue;
-            w.done = true;
-            if (w.timer) clearTimeout(w.timer);
-            w.reject(err as Error);
-            break;
-          }
-        }
+        if (this.live > this.connecting)
+          this.nextWaiter(performance.now())?.leaseFailed(err as Error);
         // Waiters left without an open (it was down until now) get their own, to fail fast too.
         this.openForWaiters();
       },

@@ -3,3 +3,4 @@ export { errorMessage, isAuthFailure, PgError, PgwardenError } from "./errors.js
 export type { Logger, LogLevel } from "./logger.js";
 export { createLogger, silentLogger } from "./logger.js";
 export { Queue } from "./queue.js";
+export { SocketIO } from "./socket-io.js";

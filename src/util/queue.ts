@@ -30,6 +30,11 @@ export class Queue<T> {
     return item;
   }
 
+  /** The item `i` places behind the head. */
+  at(i: number): T | undefined {
+    return i < 0 || i >= this.count ? undefined : this.items[(this.head + i) % this.items.length];
+  }
+
   peek(): T | undefined {
     return this.count === 0 ? undefined : this.items[this.head];
   }

@@ -1,0 +1,198 @@
+// SocketIO on real loopback sockets. The first test is the tripwire for Node upgrades: it fails
+// when this Node version no longer offers the stream internals the direct path is built on.
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import net from "node:net";
+import tls from "node:tls";
+import { afterEach, describe, expect, it } from "vitest";
+import { makeTestCa } from "../../test/fixtures/test-ca.js";
+import { SocketIO } from "./socket-io.js";
+
+const cleanup: Array<() => void> = [];
+afterEach(() => {
+  for (const c of cleanup.splice(0)) c();
+});
+
+/** A connected pair: `accepted` is the server side, wrapped in SocketIO once its first byte came. */
+async function pair(): Promise<{ client: net.Socket; accepted: net.Socket }> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  const acceptedP = new Promise<net.Socket>((r) => server.once("connection", r));
+  const client = net.connect(port, "127.0.0.1");
+  await new Promise<void>((r) => client.once("connect", () => r()));
+  const accepted = await acceptedP;
+  cleanup.push(() => {
+    client.destroy();
+    accepted.destroy();
+    server.close();
+  });
+  return { client, accepted };
+}
+
+/** Wraps a socket the way pgwarden does: a 'data' listener first, then SocketIO takes over. */
+function takeOver(socket: net.Socket, onChunk: (c: Buffer) => void): SocketIO {
+  const first = (c: Buffer) => onChunk(c);
+  socket.on("data", first);
+  socket.removeListener("data", first);
+  return new SocketIO(socket, onChunk);
+}
+
+function collect(socket: net.Socket): { bytes: () => Buffer } {
+  const chunks: Buffer[] = [];
+  socket.on("data", (c: Buffer) => chunks.push(c));
+  return { bytes: () => Buffer.concat(chunks) };
+}
+
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error("timed out");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe("SocketIO", () => {
+  it(`this Node version (${process.version}) offers the internals of the direct path`, () => {
+    // If this fails after a Node upgrade: process.binding('stream_wrap') (WriteWrap,
+    // streamBaseState, kReadBytesOrError, kArrayBufferOffset, kLastWriteWasAsync) or the TCP
+    // handle's onread/readStart/readStop/writeBuffer changed. Adapt src/util/socket-io.ts.
+    expect(SocketIO.native).toBe(true);
+  });
+
+  it("a plain TCP socket goes direct: reads in order, writes without Writable", async () => {
+    const { client, accepted } = await pair();
+    const got: Buffer[] = [];
+    const io = takeOver(accepted, (c) => got.push(c));
+    expect(io.direct).toBe(true);
+    const sent = randomBytes(200_000);
+    for (let i = 0; i < sent.length; i += 777) client.write(sent.subarray(i, i + 777));
+    await until(() => Buffer.concat(got).length === sent.length);
+    expect(Buffer.concat(got).equals(sent)).toBe(true);
+
+    const echo = collect(client);
+    expect(io.write(Buffer.from("hello "))).toBe(true);
+    expect(accepted.writableLength).toBe(0); // nothing went through Writable
+    io.write(Buffer.from("world"));
+    await until(() => echo.bytes().length === 11);
+    expect(echo.bytes().toString()).toBe("hello world");
+  });
+
+  it("a write the kernel cannot take at once returns false, keeps order with stream writes, and drains", async () => {
+    const { client, accepted } = await pair();
+    const io = takeOver(accepted, () => {});
+    client.pause(); // the peer does not read: the kernel buffers fill up
+    const parts: Buffer[] = [];
+    let ok = true;
+    let n = 0;
+    while (ok && n < 2000) {
+      const b = Buffer.alloc(64 * 1024, n % 251);
+      parts.push(b);
+      ok = io.write(b);
+      n++;
+    }
+    expect(ok).toBe(false);
+    // mixed in: a Writable write and a direct one after it, then end() with a last piece
+    const mid = Buffer.from("through-writable");
+    accepted.write(mid);
+    parts.push(mid);
+    const after = Buffer.from("direct-after");
+    io.write(after);
+    parts.push(after);
+    let drained = false;
+    io.onceDrain(() => {
+      drained = true;
+    });
+    const last = Buffer.from("the-end");
+    parts.push(last);
+    accepted.end(last);
+    const got = collect(client);
+    client.resume();
+    const want = Buffer.concat(parts);
+    await until(() => got.bytes().length === want.length);
+    expect(got.bytes().equals(want)).toBe(true);
+    expect(drained).toBe(true);
+  });
+
+  it("pause stops reading at the handle; resume delivers what waited", async () => {
+    const { client, accepted } = await pair();
+    const got: Buffer[] = [];
+    const io = takeOver(accepted, (c) => got.push(c));
+    io.pause();
+    expect(io.isPaused).toBe(true);
+    client.write("abc");
+    await new Promise((r) => setTimeout(r, 100));
+    expect(got.length).toBe(0);
+    io.resume();
+    await until(() => got.length > 0);
+    expect(Buffer.concat(got).toString()).toBe("abc");
+  });
+
+  it("end of file and resets reach the socket's own events", async () => {
+    const { client, accepted } = await pair();
+    const io = takeOver(accepted, () => {});
+    expect(io.direct).toBe(true);
+    const events: string[] = [];
+    accepted.on("end", () => events.push("end"));
+    accepted.on("close", () => events.push("close"));
+    client.end();
+    await until(() => events.includes("close"));
+    expect(events).toEqual(["end", "close"]);
+
+    const p2 = await pair();
+    const io2 = takeOver(p2.accepted, () => {});
+    const errors: string[] = [];
+    p2.accepted.on("error", (e: NodeJS.ErrnoException) => errors.push(String(e.code)));
+    let closed = false;
+    p2.accepted.on("close", () => {
+      closed = true;
+    });
+    p2.client.resetAndDestroy();
+    await new Promise((r) => setTimeout(r, 50));
+    // writing to a reset peer: an error event and a close, never a throw
+    for (let i = 0; i < 20 && !p2.accepted.destroyed; i++) io2.write(Buffer.alloc(1024));
+    await until(() => closed);
+    expect(errors.length).toBeGreaterThan(0);
+  });
+
+  it("a TLS socket takes the stream path with the same API", async () => {
+    const ca = makeTestCa();
+    cleanup.push(() => ca.remove());
+    const server = tls.createServer({
+      key: readFileSync(ca.keyFile),
+      cert: readFileSync(ca.certFile),
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as net.AddressInfo).port;
+    const acceptedP = new Promise<tls.TLSSocket>((r) => server.once("secureConnection", r));
+    const client = tls.connect({ port, host: "127.0.0.1", ca: readFileSync(ca.caFile) });
+    cleanup.push(() => {
+      client.destroy();
+      server.close();
+    });
+    const accepted = await acceptedP;
+    const got: Buffer[] = [];
+    const io = takeOver(accepted, (c) => got.push(c));
+    expect(io.direct).toBe(false);
+    client.write("over tls");
+    await until(() => Buffer.concat(got).toString() === "over tls");
+    const echo = collect(client);
+    io.write(Buffer.from("back"));
+    await until(() => echo.bytes().toString() === "back");
+  });
+
+  it("PGWARDEN_SOCKET_IO=stream forces the stream path", () => {
+    const out = execFileSync(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        // the build (npm test builds first)
+        `import("${new URL("../../dist/util/socket-io.js", import.meta.url).href}").then((m) => console.log(m.SocketIO.native))`,
+      ],
+      { env: { ...process.env, PGWARDEN_SOCKET_IO: "stream" } },
+    ).toString();
+    expect(out.trim()).toBe("false");
+  });
+});

@@ -1,0 +1,284 @@
+// SocketIO: the proxy's reads and writes on one socket, without Node's stream machinery where
+// the socket allows it. Every internal Node API the hot path touches is in this file.
+//
+// Model. A net.Socket is a Duplex stream over a libuv handle (a TCP wrap). Node's own path for
+// each read allocates the buffer, wraps it, pushes it through Readable (state, events) and emits
+// 'data'; each write goes through Writable (state, callbacks on the next tick) and creates a
+// WriteWrap. For a proxy that forwards a few hundred bytes per message, that bookkeeping costs
+// more than pgwarden's own work. SocketIO talks to the handle the way Node's net module does
+// internally:
+//   reads   the handle's `onread` (which Node set to its onStreamRead) is replaced by ours: each
+//           read (a buffer Node allocated for it, as always: never reused, so a chunk may be
+//           kept or written asynchronously) goes straight to the consumer. End of file and read
+//           errors are handed to Node's original onread, so 'end', 'error' and 'close' happen
+//           exactly as before. pause()/resume() stop and start reading at the handle.
+//   writes  `handle.writeBuffer(req, data)`: libuv tries the write at once; when all of it went
+//           out (the common case) nothing else happens, and the WriteWrap `req` is kept for the
+//           next write. When the kernel took only part, libuv queues the rest (in order, behind
+//           any earlier queued write) and calls `req.oncomplete` when done: that write returns
+//           false and onceDrain() callbacks run when every queued write completed, like
+//           Writable's 'drain'. The buffer is referenced from the req until then.
+// A socket qualifies when it is a plain TCP socket whose handle has the expected shape (TLS
+// sockets and anything else use the stream path: the same API over socket.on('data'),
+// socket.write, socket.pause/resume and 'drain'). Mixing stays ordered: a direct write happens
+// only when Writable holds nothing queued (else it queues behind, through socket.write), and a
+// Writable write after direct ones is queued by libuv behind them; socket.end() (FATAL, close)
+// keeps working, and libuv's shutdown waits for queued writes.
+//
+// `SocketIO.native` says whether this Node version offers the internals (process.binding
+// ('stream_wrap'): WriteWrap, streamBaseState and its indexes, found by name); socket-io.test.ts
+// fails loudly when it does not, so a Node upgrade that changes them is caught before it silently
+// falls back to the slow path. PGWARDEN_SOCKET_IO=stream forces the stream path (A/B checks).
+
+import type net from "node:net";
+import { getSystemErrorName } from "node:util";
+
+/** The parts of a libuv stream handle (TCPWrap) that SocketIO uses. */
+interface StreamHandle {
+  onread: (this: StreamHandle, arrayBuffer: ArrayBuffer) => unknown;
+  reading: boolean;
+  readStart(): number;
+  readStop(): number;
+  writeBuffer(req: WriteReq, data: Buffer): number;
+}
+
+/** A WriteWrap instance, with the fields our oncomplete uses. */
+interface WriteReq {
+  handle: StreamHandle | null;
+  oncomplete: (this: WriteReq, status: number) => void;
+  buffer: Buffer | null;
+  io: SocketIO | null;
+}
+
+interface Internals {
+  WriteWrap: new () => WriteReq;
+  state: Int32Array;
+  kReadBytesOrError: number;
+  kArrayBufferOffset: number;
+  kLastWriteWasAsync: number;
+}
+
+function loadInternals(): Internals | null {
+  if (process.env.PGWARDEN_SOCKET_IO === "stream") return null;
+  try {
+    const binding = (
+      process as unknown as { binding(name: string): Record<string, unknown> }
+    ).binding("stream_wrap");
+    const { WriteWrap, streamBaseState, kReadBytesOrError, kArrayBufferOffset } = binding;
+    const kLastWriteWasAsync = binding.kLastWriteWasAsync;
+    if (
+      typeof WriteWrap !== "function" ||
+      !(streamBaseState instanceof Int32Array) ||
+      typeof kReadBytesOrError !== "number" ||
+      typeof kArrayBufferOffset !== "number" ||
+      typeof kLastWriteWasAsync !== "number"
+    )
+      return null;
+    return {
+      WriteWrap: WriteWrap as Internals["WriteWrap"],
+      state: streamBaseState,
+      kReadBytesOrError,
+      kArrayBufferOffset,
+      kLastWriteWasAsync,
+    };
+  } catch {
+    return null;
+  }
+}
+
+const internals = loadInternals();
+
+/** A WriteWrap no write holds: the next direct write uses it. */
+let spareReq: WriteReq | null = null;
+
+function onWriteComplete(this: WriteReq, status: number): void {
+  const io = this.io;
+  this.io = null;
+  this.buffer = null;
+  this.handle = null;
+  io?.writeDone(status);
+}
+
+function errnoError(err: number, syscall: string): NodeJS.ErrnoException {
+  let code: string;
+  try {
+    code = getSystemErrorName(err);
+  } catch {
+    code = `E${-err}`;
+  }
+  const e: NodeJS.ErrnoException = new Error(`${syscall} ${code}`);
+  e.errno = err;
+  e.code = code;
+  e.syscall = syscall;
+  return e;
+}
+
+function handleOf(socket: net.Socket): StreamHandle | null {
+  if ((socket as { encrypted?: boolean }).encrypted) return null;
+  const h = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+  if (h === null || h === undefined) return null;
+  if (h.constructor?.name !== "TCP") return null;
+  if (
+    typeof h.onread !== "function" ||
+    typeof h.readStart !== "function" ||
+    typeof h.readStop !== "function" ||
+    typeof h.writeBuffer !== "function"
+  )
+    return null;
+  return h;
+}
+
+export class SocketIO {
+  /** True when this Node version offers the internals of the direct path. */
+  static readonly native = internals !== null;
+
+  readonly socket: net.Socket;
+  /** Reads and writes go straight to the handle (false: the stream path). */
+  readonly direct: boolean;
+  private readonly handle: StreamHandle | null;
+  private paused = false;
+  /** Direct writes that libuv still holds. */
+  private queued = 0;
+  private drainWaiters: Array<() => void> = [];
+
+  /**
+   * Takes over `socket`'s reads: from now on every chunk goes to `onChunk` (which must not throw).
+   * The caller removes its own 'data' listener first. The direct path is taken only for a socket
+   * that is flowing with nothing buffered in its Readable (one whose 'data' listener just ran);
+   * otherwise the stream path is used.
+   */
+  constructor(socket: net.Socket, onChunk: (chunk: Buffer) => void) {
+    this.socket = socket;
+    const handle =
+      internals !== null && socket.readableFlowing === true && socket.readableLength === 0
+        ? handleOf(socket)
+        : null;
+    this.handle = handle;
+    this.direct = handle !== null;
+    if (handle === null) {
+      socket.on("data", onChunk);
+      return;
+    }
+    const { state, kReadBytesOrError, kArrayBufferOffset } = internals!;
+    const nodeOnread = handle.onread;
+    handle.onread = function onread(this: StreamHandle, arrayBuffer: ArrayBuffer) {
+      const n = state[kReadBytesOrError]!;
+      if (n > 0) {
+        if (!socket.destroyed) onChunk(Buffer.from(arrayBuffer, state[kArrayBufferOffset]!, n));
+        return undefined;
+      }
+      if (n === 0) return undefined;
+      // End of file or a read error: Node's own handling ('end', 'error', 'close').
+      return nodeOnread.call(this, arrayBuffer);
+    };
+    // The Readable may have stopped reading (it was full): start again.
+    if (!handle.reading && !socket.destroyed) this.startReading();
+  }
+
+  /** Writes `data`; false when it could not all be handed to the kernel now (wait for drain). */
+  write(data: Buffer): boolean {
+    const h = this.handle;
+    const s = this.socket;
+    if (h === null || s.writableLength > 0 || s.destroyed || !s.writable) return s.write(data);
+    let req = spareReq;
+    spareReq = null;
+    if (req === null) {
+      req = new internals!.WriteWrap();
+      req.oncomplete = onWriteComplete;
+      req.buffer = null;
+      req.io = null;
+    }
+    req.handle = h;
+    const err = h.writeBuffer(req, data);
+    if (err !== 0) {
+      req.handle = null;
+      spareReq = req;
+      s.destroy(errnoError(err, "write"));
+      return false;
+    }
+    if (internals!.state[internals!.kLastWriteWasAsync] === 0) {
+      req.handle = null;
+      spareReq = req;
+      return true;
+    }
+    // libuv holds the rest of `data` until oncomplete; the req is bound to that write.
+    req.buffer = data;
+    req.io = this;
+    this.queued++;
+    return false;
+  }
+
+  /** Several buffers, in order. */
+  writeMany(data: readonly Buffer[]): boolean {
+    let ok = true;
+    for (const b of data) ok = this.write(b) && ok;
+    return ok;
+  }
+
+  /** Calls `cb` once, when every write so far has been handed to the kernel. */
+  onceDrain(cb: () => void): void {
+    if (this.queued > 0) {
+      this.drainWaiters.push(cb);
+      return;
+    }
+    if (this.socket.writableNeedDrain) {
+      this.socket.once("drain", cb);
+      return;
+    }
+    queueMicrotask(cb);
+  }
+
+  /** Bytes waiting to be written (direct writes still queued count as 1). */
+  get backlog(): number {
+    return this.socket.writableLength + this.queued;
+  }
+
+  pause(): void {
+    if (this.handle === null) {
+      this.socket.pause();
+      return;
+    }
+    if (this.paused) return;
+    this.paused = true;
+    const h = this.handle;
+    if (h.reading && !this.socket.destroyed) {
+      h.reading = false;
+      const err = h.readStop();
+      if (err !== 0) this.socket.destroy(errnoError(err, "read"));
+    }
+  }
+
+  resume(): void {
+    if (this.handle === null) {
+      this.socket.resume();
+      return;
+    }
+    if (!this.paused) return;
+    this.paused = false;
+    if (!this.handle.reading && !this.socket.destroyed) this.startReading();
+  }
+
+  get isPaused(): boolean {
+    return this.handle === null ? this.socket.isPaused() : this.paused;
+  }
+
+  /** Called by oncomplete of a queued direct write. */
+  writeDone(status: number): void {
+    this.queued--;
+    if (status < 0) {
+      if (!this.socket.destroyed) this.socket.destroy(errnoError(status, "write"));
+      return;
+    }
+    if (this.queued > 0 || this.drainWaiters.length === 0) return;
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const cb of waiters) this.onceDrain(cb);
+  }
+
+  private startReading(): void {
+    const h = this.handle!;
+    h.reading = true;
+    const err = h.readStart();
+    if (err !== 0) this.socket.destroy(errnoError(err, "read"));
+  }
+}
