@@ -135,6 +135,9 @@ const FILTER_MODES = frameModes([...REPLY_FILTER_TYPES].map((c) => [c, FRAME_COL
  */
 const SHUTDOWN_CODES: ReadonlySet<string> = new Set(["57P01", "57P02", "57P03", "57P05"]);
 
+/** Size of a server connection's read buffer (util/socket-io.ts): results stream through it. */
+const SERVER_READ_BUFFER = 64 * 1024;
+
 /** Writes up to this many bytes in several pieces are copied into one buffer (writeMany). */
 const SMALL_WRITE = 16 * 1024;
 
@@ -160,6 +163,8 @@ export class ServerConnection {
   readonly applied = new Map<string, string>();
   /** Stamp of the client settings last synced here (pool/params.ts); 0 = unknown. */
   settingsStamp = 0;
+  /** Where the current lease copies what its client wrote, for a replay (pool/lease.ts). */
+  replayScratch: Buffer | null = null;
   txStatus: number = TxStatus.Idle;
   closed = false;
   closeReason = "";
@@ -218,7 +223,7 @@ export class ServerConnection {
   installPump(socket: net.Socket, rest: Buffer): void {
     this.socket = socket;
     this.tls = socket instanceof tls.TLSSocket;
-    this.io = new SocketIO(socket, (chunk: Buffer) => this.onData(chunk));
+    this.io = new SocketIO(socket, (chunk: Buffer) => this.onData(chunk), SERVER_READ_BUFFER);
     socket.on("error", (err) => this.destroy(`socket error: ${err.message}`, err));
     socket.on("end", () => this.destroy("server closed the connection"));
     socket.on("close", () => this.destroy("server closed the connection"));
@@ -407,6 +412,8 @@ export class ServerConnection {
    * held back and the whole message is rebuilt once it is complete.
    */
   private onDataFiltered(chunk: Buffer, filter: ReplyFilter): void {
+    // The filter may keep what it is shown beyond this call.
+    SocketIO.retainChunk();
     const f = this.framer;
     const sink = this.sink!;
     let pos = 0;

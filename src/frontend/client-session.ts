@@ -112,6 +112,12 @@ const CLIENT_MODES = frameModes([], FRAME_HEADER);
 /** Messages the rewriter needs whole (or whose start must hold names) are collected up to this. */
 const MAX_REWRITE_COLLECT = 1 << 20;
 
+/**
+ * Size of a logged-in client's read buffer (util/socket-io.ts): one per client, so small; a
+ * larger message just takes more reads.
+ */
+const CLIENT_READ_BUFFER = 4096;
+
 /** Client bytes kept while waiting for a server beyond which the socket stops reading. */
 const PENDING_PAUSE_BYTES = 64 * 1024;
 
@@ -655,7 +661,7 @@ export class ClientSession implements LeaseHolder {
     this.state = READY;
     // From here on the socket's reads and writes take the lean path (util/socket-io.ts).
     this.socket.removeListener("data", this.onDataBound);
-    this.io = new SocketIO(this.socket, this.onDataBound);
+    this.io = new SocketIO(this.socket, this.onDataBound, CLIENT_READ_BUFFER);
     this.ctx.logger.info(
       {
         client: this.remote,
@@ -878,6 +884,7 @@ export class ClientSession implements LeaseHolder {
    * waits for its answer sends nothing more) unless more than PENDING_PAUSE_BYTES pile up.
    */
   private queuePending(chunk: Buffer): void {
+    SocketIO.retainChunk();
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
     if (this.pendingBytes > PENDING_PAUSE_BYTES) this.pauseForLease();
@@ -905,7 +912,7 @@ export class ClientSession implements LeaseHolder {
       if (before.length > 0) this.toServer(lease, before);
       this.attachRewriter(lease, this.expectZ, this.sinceSync);
     } else {
-      if (before.length > 0) this.pending.push(before);
+      if (before.length > 0) this.queuePending(before);
       this.rwUntrackedSyncs = this.expectZ;
       this.rwUntrackedMessages = this.sinceSync;
     }
@@ -930,6 +937,8 @@ export class ClientSession implements LeaseHolder {
    * whose names are cut) are collected, and the rest stream (start, then more bytes).
    */
   private rwBytes(chunk: Buffer, pos: number): void {
+    // The rewriter keeps messages (or parts) until it plans them: the chunk outlives this call.
+    SocketIO.retainChunk();
     const f = this.framer;
     const rw = this.rw!;
     if (pos === 0) {
@@ -1115,7 +1124,7 @@ export class ClientSession implements LeaseHolder {
       this.close();
       return;
     }
-    if (before.length > 0) this.pending.push(before);
+    if (before.length > 0) this.queuePending(before);
     this.terminating = true;
     this.pauseForLease();
     if (!this.acquiring && this.state === READY) this.acquire();

@@ -2,9 +2,10 @@
 // leases (design §1): it writes client bytes, receives server events through its LeaseHolder,
 // asks for settings to be synced, cancels, and releases. Release is idempotent.
 //
-// Replay: a lease that starts with its server at a transaction boundary keeps references to the
-// chunks the client writes on it (an array push, no copy) until the first byte of server output
-// comes back (ServerOwner.serverAnswered), then drops them. If the server dies before that
+// Replay: a lease that starts with its server at a transaction boundary keeps a copy of the
+// bytes the client writes on it (in a scratch buffer of the server connection, reused from lease
+// to lease: the client's chunks are views of its socket's read buffer, valid only while they are
+// handled) until the first byte of server output comes back (ServerOwner.serverAnswered). If the server dies before that
 // (socket closed or reset, or a shutdown FATAL the connection did not forward), nothing the
 // client could see happened, and the holder gets those chunks in serverLost to run them on
 // another server. PostgreSQL flushes a reply (or a commit's CommandComplete) before a FATAL, so
@@ -54,19 +55,19 @@ export interface LeaseOwner {
 
 const REPLAY_MAX_BYTES = 1 << 20;
 const SHUTDOWN_REPLAYS = 3;
-/** How often a chunk was handed back for replay as the first of a lease's chunks. */
+/** How often the bytes in a replay buffer (handed to the holder) were replayed already. */
 const replayed = new WeakMap<Buffer, number>();
 
 export class Lease implements ServerOwner {
   private released = false;
   /**
-   * Client chunks written since the lease began, while the server has not answered (the first
-   * in `replay0`, so that a lease of one request allocates nothing); `replaying` false: none.
+   * The lease began at a transaction boundary and the server has not answered yet: what the
+   * client wrote (`replayBytes` bytes) is copied in the server's replayScratch.
    */
   private replaying: boolean;
-  private replay0: Buffer | null = null;
-  private replayMore: Buffer[] | null = null;
   private replayBytes = 0;
+  /** How often the first bytes written on this lease were replayed already. */
+  private replayTimes = 0;
 
   constructor(
     private readonly pool: LeaseOwner,
@@ -105,14 +106,28 @@ export class Lease implements ServerOwner {
   }
 
   write(data: Buffer): boolean {
-    if (this.replaying) {
-      this.replayBytes += data.length;
-      if (this.replayBytes > REPLAY_MAX_BYTES) this.stopReplay();
-      else if (this.replay0 === null) this.replay0 = data;
-      else if (this.replayMore === null) this.replayMore = [data];
-      else this.replayMore.push(data);
-    }
+    if (this.replaying) this.record(data);
     return this.server.write(data);
+  }
+
+  private record(data: Buffer): void {
+    const at = this.replayBytes;
+    const end = at + data.length;
+    if (end > REPLAY_MAX_BYTES) {
+      this.stopReplay();
+      return;
+    }
+    if (at === 0) this.replayTimes = replayed.get(data) ?? 0;
+    let scratch = this.server.replayScratch;
+    if (scratch === null || scratch.length < end) {
+      const size = Math.max(end, Math.min(REPLAY_MAX_BYTES, (scratch?.length ?? 512) * 2));
+      const grown = Buffer.allocUnsafe(size);
+      if (scratch !== null && at > 0) scratch.copy(grown, 0, 0, at);
+      this.server.replayScratch = grown;
+      scratch = grown;
+    }
+    data.copy(scratch, at);
+    this.replayBytes = end;
   }
 
   /** ServerOwner: the server's first byte of output on this lease. */
@@ -122,8 +137,6 @@ export class Lease implements ServerOwner {
 
   private stopReplay(): void {
     this.replaying = false;
-    this.replay0 = null;
-    this.replayMore = null;
   }
 
   /** ServerOwner: the server died under this lease. */
@@ -134,16 +147,14 @@ export class Lease implements ServerOwner {
 
   private takeReplay(err: Error): Buffer[] | null {
     if (!this.replaying) return null;
-    const first = this.replay0;
-    const r = first === null ? [] : [first, ...(this.replayMore ?? [])];
     this.stopReplay();
-    if (first === null) return r;
+    const n = this.replayBytes;
+    if (n === 0) return [];
     const shutdown = err instanceof PgError && err.sqlstate.startsWith("57P");
-    if (!shutdown) return null;
-    const times = replayed.get(first) ?? 0;
-    if (times >= SHUTDOWN_REPLAYS) return null;
-    replayed.set(first, times + 1);
-    return r;
+    if (!shutdown || this.replayTimes >= SHUTDOWN_REPLAYS) return null;
+    const bytes = Buffer.from(this.server.replayScratch!.subarray(0, n));
+    replayed.set(bytes, this.replayTimes + 1);
+    return [bytes];
   }
 
   /**

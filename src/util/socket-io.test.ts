@@ -64,7 +64,7 @@ describe("SocketIO", () => {
   it("a plain TCP socket goes direct: reads in order, writes without Writable", async () => {
     const { client, accepted } = await pair();
     const got: Buffer[] = [];
-    const io = takeOver(accepted, (c) => got.push(c));
+    const io = takeOver(accepted, (c) => got.push(Buffer.from(c)));
     expect(io.direct).toBe(true);
     const sent = randomBytes(200_000);
     for (let i = 0; i < sent.length; i += 777) client.write(sent.subarray(i, i + 777));
@@ -115,10 +115,54 @@ describe("SocketIO", () => {
     expect(drained).toBe(true);
   });
 
+  it("reads reuse one buffer until a chunk is kept (retainChunk, or a write libuv holds)", async () => {
+    const { client, accepted } = await pair();
+    const seen: Buffer[] = [];
+    let keep = false;
+    takeOver(accepted, (c) => {
+      seen.push(c); // a view: valid only during this call unless kept
+      if (keep) SocketIO.retainChunk();
+    });
+    const send = async (s: string) => {
+      const before = seen.length;
+      client.write(s);
+      await until(() => seen.length > before);
+    };
+    await send("one");
+    await send("two");
+    // no allocation per read: the same memory, the first view now shows the second read
+    expect(seen[1]!.buffer).toBe(seen[0]!.buffer);
+    expect(seen[0]!.toString()).toBe("two");
+    keep = true;
+    await send("kept");
+    keep = false;
+    await send("next");
+    expect(seen[3]!.buffer).not.toBe(seen[2]!.buffer);
+    expect(seen[2]!.toString()).toBe("kept"); // not overwritten by the read after it
+    expect(seen[3]!.toString()).toBe("next");
+  });
+
+  it("a proxy of views: what a write could not finish at once is not overwritten by later reads", async () => {
+    const from = await pair();
+    const to = await pair();
+    const out = takeOver(to.accepted, () => {});
+    takeOver(from.accepted, (c) => {
+      out.write(c); // a view of from's read buffer; libuv holds it when `to` is full
+    });
+    to.client.pause();
+    const sent = randomBytes(8 * 1024 * 1024);
+    for (let i = 0; i < sent.length; i += 1000) from.client.write(sent.subarray(i, i + 1000));
+    await new Promise((r) => setTimeout(r, 200));
+    const got = collect(to.client);
+    to.client.resume();
+    await until(() => got.bytes().length >= sent.length, 30_000);
+    expect(got.bytes().equals(sent)).toBe(true);
+  });
+
   it("pause stops reading at the handle; resume delivers what waited", async () => {
     const { client, accepted } = await pair();
     const got: Buffer[] = [];
-    const io = takeOver(accepted, (c) => got.push(c));
+    const io = takeOver(accepted, (c) => got.push(Buffer.from(c)));
     io.pause();
     expect(io.isPaused).toBe(true);
     client.write("abc");

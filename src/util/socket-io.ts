@@ -7,9 +7,14 @@
 // WriteWrap. For a proxy that forwards a few hundred bytes per message, that bookkeeping costs
 // more than pgwarden's own work. SocketIO talks to the handle the way Node's net module does
 // internally:
-//   reads   the handle's `onread` (which Node set to its onStreamRead) is replaced by ours: each
-//           read (a buffer Node allocated for it, as always: never reused, so a chunk may be
-//           kept or written asynchronously) goes straight to the consumer. End of file and read
+//   reads   the handle reads into one buffer of this socket's own (`handle.useUserBuffer`, what
+//           Node's `onread` socket option uses), and the handle's `onread` (Node's onStreamRead)
+//           is replaced by ours, which hands the bytes read, a view of that buffer, straight to
+//           the consumer: no allocation of a buffer per read, no Readable. The view is valid
+//           until the callback returns; a consumer that keeps it (or a part of it) calls
+//           SocketIO.retainChunk(), and a write that libuv could not finish at once (it then
+//           holds the bytes) counts as keeping it: the socket then reads into a new buffer from
+//           its next read on (the old one belongs to whoever kept it). End of file and read
 //           errors are handed to Node's original onread, so 'end', 'error' and 'close' happen
 //           exactly as before. pause()/resume() stop and start reading at the handle.
 //   writes  `handle.writeBuffer(req, data)`: libuv tries the write at once; when all of it went
@@ -35,7 +40,8 @@ import { getSystemErrorName } from "node:util";
 
 /** The parts of a libuv stream handle (TCPWrap) that SocketIO uses. */
 interface StreamHandle {
-  onread: (this: StreamHandle, arrayBuffer: ArrayBuffer) => unknown;
+  onread: (this: StreamHandle, arrayBuffer: ArrayBuffer | undefined) => unknown;
+  useUserBuffer(buf: Uint8Array): void;
   reading: boolean;
   readStart(): number;
   readStop(): number;
@@ -44,7 +50,6 @@ interface StreamHandle {
 
 /** A WriteWrap instance, with the fields our oncomplete uses. */
 interface WriteReq {
-  handle: StreamHandle | null;
   oncomplete: (this: WriteReq, status: number) => void;
   buffer: Buffer | null;
   io: SocketIO | null;
@@ -91,11 +96,16 @@ const internals = loadInternals();
 /** A WriteWrap no write holds: the next direct write uses it. */
 let spareReq: WriteReq | null = null;
 
+/**
+ * Set while a read callback runs when the chunk it was given is kept beyond it (retainChunk,
+ * or a write that libuv holds); the reading socket then moves to a new buffer.
+ */
+let chunkRetained = false;
+
 function onWriteComplete(this: WriteReq, status: number): void {
   const io = this.io;
   this.io = null;
   this.buffer = null;
-  this.handle = null;
   io?.writeDone(status);
 }
 
@@ -122,7 +132,8 @@ function handleOf(socket: net.Socket): StreamHandle | null {
     typeof h.onread !== "function" ||
     typeof h.readStart !== "function" ||
     typeof h.readStop !== "function" ||
-    typeof h.writeBuffer !== "function"
+    typeof h.writeBuffer !== "function" ||
+    typeof h.useUserBuffer !== "function"
   )
     return null;
   return h;
@@ -131,6 +142,14 @@ function handleOf(socket: net.Socket): StreamHandle | null {
 export class SocketIO {
   /** True when this Node version offers the internals of the direct path. */
   static readonly native = internals !== null;
+
+  /**
+   * The chunk the current read callback was given (or a part of it) is kept after the callback
+   * returns (queued, stored): its socket must not read into that memory again.
+   */
+  static retainChunk(): void {
+    chunkRetained = true;
+  }
 
   readonly socket: net.Socket;
   /** Reads and writes go straight to the handle (false: the stream path). */
@@ -147,7 +166,7 @@ export class SocketIO {
    * that is flowing with nothing buffered in its Readable (one whose 'data' listener just ran);
    * otherwise the stream path is used.
    */
-  constructor(socket: net.Socket, onChunk: (chunk: Buffer) => void) {
+  constructor(socket: net.Socket, onChunk: (chunk: Buffer) => void, readBufferSize = 16 * 1024) {
     this.socket = socket;
     const handle =
       internals !== null && socket.readableFlowing === true && socket.readableLength === 0
@@ -159,13 +178,21 @@ export class SocketIO {
       socket.on("data", onChunk);
       return;
     }
-    const { state, kReadBytesOrError, kArrayBufferOffset } = internals!;
+    const { state, kReadBytesOrError } = internals!;
     const nodeOnread = handle.onread;
-    handle.onread = function onread(this: StreamHandle, arrayBuffer: ArrayBuffer) {
+    let buf = Buffer.allocUnsafeSlow(readBufferSize);
+    handle.useUserBuffer(buf);
+    handle.onread = function onread(this: StreamHandle, arrayBuffer: ArrayBuffer | undefined) {
       const n = state[kReadBytesOrError]!;
       if (n > 0) {
-        if (!socket.destroyed) onChunk(Buffer.from(arrayBuffer, state[kArrayBufferOffset]!, n));
-        return undefined;
+        if (socket.destroyed) return undefined;
+        chunkRetained = false;
+        onChunk(buf.subarray(0, n));
+        if (!chunkRetained) return undefined;
+        chunkRetained = false;
+        // The handle reads into the buffer returned here from the next read on.
+        buf = Buffer.allocUnsafeSlow(readBufferSize);
+        return buf;
       }
       if (n === 0) return undefined;
       // End of file or a read error: Node's own handling ('end', 'error', 'close').
@@ -179,7 +206,12 @@ export class SocketIO {
   write(data: Buffer): boolean {
     const h = this.handle;
     const s = this.socket;
-    if (h === null || s.writableLength > 0 || s.destroyed || !s.writable) return s.write(data);
+    if (h === null || s.writableLength > 0 || s.destroyed || !s.writable) {
+      const ok = s.write(data);
+      // Writable keeps a reference to what it could not write at once.
+      if (s.writableLength > 0) chunkRetained = true;
+      return ok;
+    }
     let req = spareReq;
     spareReq = null;
     if (req === null) {
@@ -188,23 +220,22 @@ export class SocketIO {
       req.buffer = null;
       req.io = null;
     }
-    req.handle = h;
     const err = h.writeBuffer(req, data);
     if (err !== 0) {
-      req.handle = null;
       spareReq = req;
       s.destroy(errnoError(err, "write"));
       return false;
     }
     if (internals!.state[internals!.kLastWriteWasAsync] === 0) {
-      req.handle = null;
       spareReq = req;
       return true;
     }
-    // libuv holds the rest of `data` until oncomplete; the req is bound to that write.
+    // libuv holds the rest of `data` until oncomplete; the req is bound to that write, and
+    // `data` may be a view of a read buffer.
     req.buffer = data;
     req.io = this;
     this.queued++;
+    chunkRetained = true;
     return false;
   }
 
