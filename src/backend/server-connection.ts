@@ -411,9 +411,9 @@ export class ServerConnection {
    * forwarded: if the chunk ends inside one (or inside a header of such a type), its bytes are
    * held back and the whole message is rebuilt once it is complete.
    */
-  private onDataFiltered(chunk: Buffer, filter: ReplyFilter): void {
+  private onDataFiltered(chunkIn: Buffer, filter: ReplyFilter): void {
     // The filter may keep what it is shown beyond this call.
-    SocketIO.retainChunk();
+    const chunk = SocketIO.own(chunkIn);
     const f = this.framer;
     const sink = this.sink!;
     let pos = 0;

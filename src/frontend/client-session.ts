@@ -884,8 +884,7 @@ export class ClientSession implements LeaseHolder {
    * waits for its answer sends nothing more) unless more than PENDING_PAUSE_BYTES pile up.
    */
   private queuePending(chunk: Buffer): void {
-    SocketIO.retainChunk();
-    this.pending.push(chunk);
+    this.pending.push(SocketIO.own(chunk));
     this.pendingBytes += chunk.length;
     if (this.pendingBytes > PENDING_PAUSE_BYTES) this.pauseForLease();
   }
@@ -903,7 +902,8 @@ export class ClientSession implements LeaseHolder {
    * The first named Parse: its header ends at `pos` in `chunk`. What came before it goes out
    * untracked; the rewriter is told how many of those requests are still unanswered.
    */
-  private switchOn(chunk: Buffer, pos: number): void {
+  private switchOn(chunkIn: Buffer, pos: number): void {
+    const chunk = SocketIO.own(chunkIn); // the rewriter keeps parts of it
     const hs = pos - 5;
     this.rw = new StatementRewriter(this.ctx.statements);
     const before = chunk.subarray(0, hs);
@@ -936,9 +936,9 @@ export class ClientSession implements LeaseHolder {
    * rewriter: whole when it fits in the chunk, else Parse/Describe/Close/Execute (and a Bind
    * whose names are cut) are collected, and the rest stream (start, then more bytes).
    */
-  private rwBytes(chunk: Buffer, pos: number): void {
+  private rwBytes(chunkIn: Buffer, pos: number): void {
     // The rewriter keeps messages (or parts) until it plans them: the chunk outlives this call.
-    SocketIO.retainChunk();
+    const chunk = SocketIO.own(chunkIn);
     const f = this.framer;
     const rw = this.rw!;
     if (pos === 0) {

@@ -115,13 +115,14 @@ describe("SocketIO", () => {
     expect(drained).toBe(true);
   });
 
-  it("reads reuse one buffer until a chunk is kept (retainChunk, or a write libuv holds)", async () => {
+  it("reads reuse one buffer; own() gives a copy that outlives the callback", async () => {
     const { client, accepted } = await pair();
     const seen: Buffer[] = [];
     let keep = false;
     takeOver(accepted, (c) => {
-      seen.push(c); // a view: valid only during this call unless kept
-      if (keep) SocketIO.retainChunk();
+      // a view: valid only during this call, unless owned
+      seen.push(keep ? SocketIO.own(c) : c);
+      if (!keep) expect(SocketIO.own(c)).not.toBe(c);
     });
     const send = async (s: string) => {
       const before = seen.length;
@@ -137,9 +138,11 @@ describe("SocketIO", () => {
     await send("kept");
     keep = false;
     await send("next");
-    expect(seen[3]!.buffer).not.toBe(seen[2]!.buffer);
     expect(seen[2]!.toString()).toBe("kept"); // not overwritten by the read after it
     expect(seen[3]!.toString()).toBe("next");
+    expect(seen[3]!.buffer).toBe(seen[0]!.buffer); // still the one read buffer
+    const mine = Buffer.from("mine");
+    expect(SocketIO.own(mine)).toBe(mine); // outside a read callback: nothing to copy
   });
 
   it("a proxy of views: what a write could not finish at once is not overwritten by later reads", async () => {

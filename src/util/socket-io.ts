@@ -11,10 +11,12 @@
 //           Node's `onread` socket option uses), and the handle's `onread` (Node's onStreamRead)
 //           is replaced by ours, which hands the bytes read, a view of that buffer, straight to
 //           the consumer: no allocation of a buffer per read, no Readable. The view is valid
-//           until the callback returns; a consumer that keeps it (or a part of it) calls
-//           SocketIO.retainChunk(), and a write that libuv could not finish at once (it then
-//           holds the bytes) counts as keeping it: the socket then reads into a new buffer from
-//           its next read on (the old one belongs to whoever kept it). End of file and read
+//           until the callback returns; a consumer that keeps it (or a part of it) takes its
+//           own copy with SocketIO.own() (a small copy costs less than a new read buffer, and
+//           a new buffer per read would be external memory that drives V8 into full GCs). A
+//           write that libuv could not finish at once holds the bytes, and cannot be given a
+//           copy after the fact: the reading socket then moves to a new buffer from its next
+//           read on (the old one belongs to that write). End of file and read
 //           errors are handed to Node's original onread, so 'end', 'error' and 'close' happen
 //           exactly as before. pause()/resume() stop and start reading at the handle.
 //   writes  `handle.writeBuffer(req, data)`: libuv tries the write at once; when all of it went
@@ -97,10 +99,12 @@ const internals = loadInternals();
 let spareReq: WriteReq | null = null;
 
 /**
- * Set while a read callback runs when the chunk it was given is kept beyond it (retainChunk,
- * or a write that libuv holds); the reading socket then moves to a new buffer.
+ * Set while a read callback runs when the chunk it was given is kept beyond it (a write that
+ * libuv holds); the reading socket then moves to a new buffer.
  */
 let chunkRetained = false;
+/** The memory the running read callback's chunk is a view of (null outside a callback). */
+let readingInto: ArrayBufferLike | null = null;
 
 function onWriteComplete(this: WriteReq, status: number): void {
   const io = this.io;
@@ -144,11 +148,11 @@ export class SocketIO {
   static readonly native = internals !== null;
 
   /**
-   * The chunk the current read callback was given (or a part of it) is kept after the callback
-   * returns (queued, stored): its socket must not read into that memory again.
+   * A buffer that stays valid after the running read callback returns: `chunk` itself, or a
+   * copy when it is a view of the buffer being read into.
    */
-  static retainChunk(): void {
-    chunkRetained = true;
+  static own(chunk: Buffer): Buffer {
+    return chunk.buffer === readingInto && readingInto !== null ? Buffer.from(chunk) : chunk;
   }
 
   readonly socket: net.Socket;
@@ -187,7 +191,9 @@ export class SocketIO {
       if (n > 0) {
         if (socket.destroyed) return undefined;
         chunkRetained = false;
+        readingInto = buf.buffer;
         onChunk(buf.subarray(0, n));
+        readingInto = null;
         if (!chunkRetained) return undefined;
         chunkRetained = false;
         // The handle reads into the buffer returned here from the next read on.
