@@ -367,10 +367,10 @@ export class ServerConnection {
           return;
         }
         if (type === Msg.ReadyForQuery) {
-          this.txStatus = f.body[0]!;
+          this.txStatus = f.bodyByte(0);
           const sink = this.sink!;
           if (!this.answered) this.firstAnswer();
-          sink.serverData(chunk.subarray(fwd, pos));
+          sink.serverData(fwd === 0 && pos === chunk.length ? chunk : chunk.subarray(fwd, pos));
           fwd = pos;
           this.moreAfterReady = pos < chunk.length;
           sink.serverReady(this.txStatus);

@@ -770,7 +770,7 @@ export class ClientSession implements LeaseHolder {
         if (this.state !== READY || this.lease !== lease) break;
         this.toServer(lease, chunks[i]!);
       }
-      chunks.length = 0;
+      while (chunks.length > 0) chunks.pop(); // (a length store is a runtime call)
       if (this.state !== READY || this.lease !== lease) return;
       if (this.rw !== null && this.state === READY && this.lease === lease) {
         this.attachRewriter(lease, this.rwUntrackedSyncs, this.rwUntrackedMessages);

@@ -42,8 +42,10 @@ export class Framer {
   // Output of the last feed() call.
   event = EVENT_NONE;
   type = 0;
-  body: Buffer = EMPTY;
   bodyLength = 0;
+  /** The body of an EVENT_MESSAGE is bodySrc[bodyOff, bodyOff + bodyLength) (a view on demand). */
+  private bodySrc: Buffer = EMPTY;
+  private bodyOff = 0;
   /**
    * Offset in the current chunk where the last header began; never reset by feed(). Callers
    * that need it (prepared statement tracking) set it to -1 before each chunk: -1 then means
@@ -61,6 +63,20 @@ export class Framer {
 
   constructor(modes: Uint8Array) {
     this.modes = modes;
+  }
+
+  /** The body of the message just reported (EVENT_MESSAGE): a view, made on each call. */
+  get body(): Buffer {
+    const src = this.bodySrc;
+    const off = this.bodyOff;
+    return off === 0 && src.length === this.bodyLength
+      ? src
+      : src.subarray(off, off + this.bodyLength);
+  }
+
+  /** Byte `i` of the body just reported, without making a view. */
+  bodyByte(i: number): number {
+    return this.bodySrc[this.bodyOff + i]!;
   }
 
   /** True between messages: no partial header or body pending, and no protocol error seen. */
@@ -113,7 +129,8 @@ export class Framer {
         if (this.remaining === 0 && acc !== null) {
           this.collecting = null;
           this.type = this.collectType;
-          this.body = acc;
+          this.bodySrc = acc;
+          this.bodyOff = 0;
           this.bodyLength = acc.length;
           this.event = EVENT_MESSAGE;
           return pos;
@@ -155,7 +172,8 @@ export class Framer {
         }
         if (bodyLen <= end - pos) {
           this.type = type;
-          this.body = chunk.subarray(pos, pos + bodyLen);
+          this.bodySrc = chunk;
+          this.bodyOff = pos;
           this.bodyLength = bodyLen;
           this.event = EVENT_MESSAGE;
           return pos + bodyLen;
