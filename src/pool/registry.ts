@@ -188,7 +188,7 @@ export class PoolRegistry {
           "CONFIG",
           `user "${user.name}": database "${user.database}" is not defined`,
         );
-      const identity = identityFor(user, db, this.env);
+      const identity = identityFor(user, db, this.env, config.vault);
       const g = config.general;
       const signature = JSON.stringify([
         db.host,
