@@ -161,7 +161,7 @@ export class VaultSession {
 
   private async refresh(old: HeldVaultToken | null, signal: AbortSignal): Promise<HeldVaultToken> {
     const now = performance.now();
-    if (old !== null && old.renewable && now < old.obtainedAt + old.ttlMs - 1000) {
+    if (old?.renewable && now < old.obtainedAt + old.ttlMs - 1000) {
       try {
         const r = await this.request("POST", "auth/token/renew-self", old.value, {}, signal);
         this.renewals++;
