@@ -237,7 +237,7 @@ export class Pool {
       this.draining ||
       oversize ||
       server.ageMs > this.settings.serverLifetime ||
-      this.mustRetire(server, performance.now())
+      (server.retireAt !== null && this.mustRetire(server, performance.now()))
     ) {
       this.discard(
         server,
@@ -442,7 +442,7 @@ export class Pool {
         this.discard(s, "server_lifetime reached");
         continue;
       }
-      if (this.mustRetire(s, performance.now())) {
+      if (s.retireAt !== null && this.mustRetire(s, performance.now())) {
         this.discard(s, "its credential is retired (lease ending)");
         continue;
       }
