@@ -1,7 +1,10 @@
 // Import direction of design §1: each folder imports only the folders below it,
-// and only through their index.ts.
-const order = ["cli", "admin", "metrics", "frontend", "pool", "backend", "credentials", "config", "protocol", "util"];
+// and only through their index.ts. `lib` (the library entry point, `import … from "pgwarden"`)
+// is a second top: nothing imports it, and it reaches only the credential engine and what that
+// needs (credentials, config, util), never the proxy's layers.
+const order = ["cli", "lib", "admin", "metrics", "frontend", "pool", "backend", "credentials", "config", "protocol", "util"];
 const extraForbidden = {
+  lib: ["admin", "metrics", "frontend", "pool", "backend", "protocol"],
   admin: ["frontend", "backend"],
   frontend: ["backend", "credentials"],
   pool: ["frontend", "admin", "metrics"],

@@ -249,6 +249,9 @@ function fakeContext(over: Partial<AdminContext> = {}) {
       backendPid: 4242,
       connectTime: T0,
       tls: true,
+      serverUser: "app",
+      credentialGeneration: 0,
+      retireAt: null,
     },
     {
       user: "alice",
@@ -259,6 +262,9 @@ function fakeContext(over: Partial<AdminContext> = {}) {
       backendPid: 4243,
       connectTime: T0 + 1000,
       tls: false,
+      serverUser: "v-app-1",
+      credentialGeneration: 2,
+      retireAt: T0 + 60_000,
     },
   ];
   const clients: ClientSnapshot[] = [
@@ -314,6 +320,9 @@ function fakeContext(over: Partial<AdminContext> = {}) {
       lastError: "HTTP 500 from provider; access_token=tok-SECRET-42",
       lastFetchMs: 120.4,
       consumers: 1,
+      generation: 3,
+      user: null,
+      retireAt: null,
     },
     {
       key: "azure_workload_identity(client_id=c1,tenant_id=t1)",
@@ -329,6 +338,9 @@ function fakeContext(over: Partial<AdminContext> = {}) {
       lastError: null,
       lastFetchMs: null,
       consumers: 2,
+      generation: 0,
+      user: null,
+      retireAt: null,
     },
   ];
   const ctx = {
@@ -458,7 +470,7 @@ describe("SHOW CLIENTS", () => {
 describe("SHOW SERVERS", () => {
   it("lists every server, linked to the client holding it", async () => {
     const r = await show(fakeContext(), "SHOW SERVERS");
-    expect(r.columns).toEqual(SOCKET_COLUMNS);
+    expect(r.columns).toEqual([...SOCKET_COLUMNS, "server_user", "credential", "retire_at"]);
     expect(r.rows).toHaveLength(2);
     expect(r.rows[0]).toMatchObject({
       type: "S",
@@ -474,7 +486,14 @@ describe("SHOW SERVERS", () => {
       tls: "TLS",
       application_name: "billing",
     });
+    expect(r.rows[0]).toMatchObject({ server_user: "app", credential: "0", retire_at: null });
     expect(r.rows[1]).toMatchObject({ state: "idle", link: "", application_name: "", tls: "" });
+    // a Vault dynamic login: its own role, the credential's generation, when it will be closed
+    expect(r.rows[1]).toMatchObject({
+      server_user: "v-app-1",
+      credential: "2",
+      retire_at: new Date(T0 + 60_000).toISOString(),
+    });
   });
 });
 
@@ -666,6 +685,9 @@ describe("SHOW CREDENTIALS", () => {
       "consumers",
       "consecutive_failures",
       "last_fetch_ms",
+      "generation",
+      "credential_user",
+      "retire_at",
     ]);
     expect(r?.rows[0]).toEqual({
       provider: "rds_iam",
@@ -683,6 +705,9 @@ describe("SHOW CREDENTIALS", () => {
       consumers: "1",
       consecutive_failures: "0",
       last_fetch_ms: "120",
+      generation: "3",
+      credential_user: null,
+      retire_at: null,
     });
     expect(r?.rows[1]).toMatchObject({
       provider: "azure_workload_identity",

@@ -172,6 +172,10 @@ export class ServerConnection {
   markForClose = false;
   /** Prepared statements held on this server (frontend state, see ServerAttachment). */
   prepared: ServerAttachment | null = null;
+  /** Which credential of its pool's source it logged in with (0 = a static password). */
+  credentialGeneration = 0;
+  /** performance.now() by which the pool must close it (its credential's role is revoked), or null. */
+  retireAt: number | null = null;
   /** Called once when the connection closes, for its pool. */
   onClose: ((conn: ServerConnection) => void) | null = null;
   /**

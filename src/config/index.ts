@@ -2,8 +2,14 @@ export { ADMIN_DEFAULTS, DATABASE_DEFAULTS, GENERAL_DEFAULTS, USER_DEFAULTS } fr
 export { type ConfigDiff, diffConfig, isEmptyDiff, type UserKey } from "./diff.js";
 export type { Env } from "./env.js";
 export { ConfigError, type ConfigProblem } from "./errors.js";
-export { type ConfigFiles, loadConfig, parseConfig } from "./load.js";
-export { inferRdsRegion, RESTART_KEYS, SUPPORTED_SERVER_AUTH, TOKEN_AUTH_MODES } from "./rules.js";
+export { type ConfigFiles, KUBERNETES_JWT_PATH, loadConfig, parseConfig } from "./load.js";
+export {
+  inferRdsRegion,
+  RESTART_KEYS,
+  SUPPORTED_SERVER_AUTH,
+  TOKEN_AUTH_MODES,
+  VAULT_AUTH_MODES,
+} from "./rules.js";
 export type {
   AdminConfig,
   ClientAuthType,
@@ -14,4 +20,5 @@ export type {
   ServerAuth,
   TlsVerify,
   UserConfig,
+  VaultConfig,
 } from "./types.js";

@@ -172,6 +172,7 @@ password = "admin-pw"
 url = "https://vault.example:8200"
 auth_method = "approle"
 approle_role_id = "role"
+approle_secret_id_file = "/vault/secret-id"
 `,
       `
 [[users]]
@@ -195,6 +196,7 @@ azure_tenant_id = "tid"
 [[users]]
 name = "v"
 database = "app"
+server_auth = "vault_dynamic"
 server_vault_path = "database/creds/app"
 vault_refresh_percent = 50
 
@@ -237,8 +239,21 @@ server_auth_command = "/bin/get-token"
     });
     expect(c.users[1]).toMatchObject({ azure_client_id: "cid", azure_tenant_id: "tid" });
     expect(c.users[2]).toMatchObject({
+      server_auth: "vault_dynamic",
       server_vault_path: "database/creds/app",
       vault_refresh_percent: 50,
+    });
+    expect(c.vault).toEqual({
+      url: "https://vault.example:8200",
+      namespace: undefined,
+      auth_method: "approle",
+      auth_mount: "approle",
+      kubernetes_role: undefined,
+      kubernetes_jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+      approle_role_id: "role",
+      approle_secret_id_file: "/vault/secret-id",
+      token_file: undefined,
+      client_token_ttl: undefined,
     });
     expect(c.users[3]).toMatchObject({
       password: "client",
@@ -247,10 +262,27 @@ server_auth_command = "/bin/get-token"
     });
   });
 
-  it("refuses server_auth modes that are not implemented yet", () => {
-    expect(() => parse(CONFIG, `${USERS}server_auth = "vault_dynamic"\n`)).toThrow(
-      /users\.toml: \[\[users\]\]\[0\].*key "server_auth": "vault_dynamic" is not supported yet/,
+  it("checks what the vault modes need", () => {
+    const err = parseError(CONFIG, `${USERS}server_auth = "vault_dynamic"\n`).message;
+    expect(err).toContain('"vault_dynamic" needs a [vault] table in the config file');
+    expect(err).toContain('"vault_dynamic" needs "server_vault_path"');
+    const vault = `[vault]\nurl = "https://vault:8200"\nauth_method = "kubernetes"\n${CONFIG}`;
+    expect(
+      parseError(vault, `${USERS}server_auth = "vault_static"\nserver_vault_path = "app"\n`)
+        .message,
+    ).toContain('auth_method = "kubernetes" needs "kubernetes_role"');
+    expect(parseError(CONFIG, `${USERS}server_vault_path = "app"\n`).message).toContain(
+      "is only used with the vault_* modes",
     );
+    const ok = parse(
+      `[vault]\nurl = "https://vault:8200/"\nauth_method = "token"\ntoken_file = "/t"\nnamespace = "team"\n${CONFIG}`,
+      `${USERS}server_auth = "vault_static"\nserver_vault_path = "app"\n`,
+    );
+    expect(ok.vault).toMatchObject({
+      url: "https://vault:8200",
+      auth_mount: "token",
+      namespace: "team",
+    });
   });
 
   it("checks the keys of the managed identity, Cloud SQL, role assumption and command modes", () => {

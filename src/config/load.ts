@@ -24,7 +24,12 @@ import {
   unknownKey,
 } from "./errors.js";
 import { deepFreeze } from "./freeze.js";
-import { inferRdsRegion, SUPPORTED_SERVER_AUTH, TOKEN_AUTH_MODES } from "./rules.js";
+import {
+  inferRdsRegion,
+  SUPPORTED_SERVER_AUTH,
+  TOKEN_AUTH_MODES,
+  VAULT_AUTH_MODES,
+} from "./rules.js";
 import {
   type ConfigFile,
   configFileSchema,
@@ -32,7 +37,14 @@ import {
   type UsersFile,
   usersFileSchema,
 } from "./schema.js";
-import type { AdminConfig, Config, DatabaseConfig, GeneralConfig, UserConfig } from "./types.js";
+import type {
+  AdminConfig,
+  Config,
+  DatabaseConfig,
+  GeneralConfig,
+  UserConfig,
+  VaultConfig,
+} from "./types.js";
 
 export interface ConfigFiles {
   readonly config: string;
@@ -158,8 +170,48 @@ function build(
   const general = buildGeneral(cfg, problems);
   const admin = buildAdmin(usr.data.admin ?? cfg.data.admin);
   const databases = buildDatabases(cfg, admin, problems);
-  const users = buildUsers(usr, general, databases, problems);
-  return { general, databases, users, admin, files: { config: files.config, users: files.users } };
+  const vault = buildVault(cfg, problems);
+  const users = buildUsers(usr, general, databases, vault !== undefined, problems);
+  return {
+    general,
+    databases,
+    users,
+    admin,
+    vault,
+    files: { config: files.config, users: files.users },
+  };
+}
+
+/** The service account token of a Kubernetes pod. */
+export const KUBERNETES_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+function buildVault(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): VaultConfig | undefined {
+  const v = cfg.data.vault;
+  if (v === undefined) return undefined;
+  const at = (key: string, text: string) =>
+    problems.push(problemAt(cfg.file, cfg.root, ["vault", key], text));
+  const needs: Record<VaultConfig["auth_method"], ReadonlyArray<keyof typeof v>> = {
+    kubernetes: ["kubernetes_role"],
+    approle: ["approle_role_id", "approle_secret_id_file"],
+    token: ["token_file"],
+  };
+  for (const key of needs[v.auth_method]) {
+    if (v[key] === undefined)
+      at("auth_method", `auth_method = ${quote(v.auth_method)} needs ${quote(key)}`);
+  }
+  if (!/^https?:\/\//i.test(v.url)) at("url", `expected an http(s) URL, got ${quote(v.url)}`);
+  return {
+    url: v.url.replace(/\/+$/, ""),
+    namespace: v.namespace,
+    auth_method: v.auth_method,
+    auth_mount: (v.auth_mount ?? v.auth_method).replace(/^\/+|\/+$/g, ""),
+    kubernetes_role: v.kubernetes_role,
+    kubernetes_jwt_path: v.kubernetes_jwt_path ?? KUBERNETES_JWT_PATH,
+    approle_role_id: v.approle_role_id,
+    approle_secret_id_file: v.approle_secret_id_file,
+    token_file: v.token_file,
+    client_token_ttl: v.client_token_ttl,
+  };
 }
 
 function buildGeneral(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): GeneralConfig {
@@ -343,6 +395,7 @@ function buildUsers(
   usr: Parsed<UsersFile>,
   general: GeneralConfig,
   databases: readonly DatabaseConfig[],
+  hasVault: boolean,
   problems: ConfigProblem[],
 ): UserConfig[] {
   const dbNames = new Set(databases.map((d) => d.name));
@@ -388,6 +441,22 @@ function buildUsers(
       }
     }
     checkProviderKeys(u, serverAuth, at);
+    if (VAULT_AUTH_MODES.has(serverAuth)) {
+      if (!hasVault)
+        at("server_auth", `${quote(serverAuth)} needs a [vault] table in the config file`);
+      if (u.server_vault_path === undefined)
+        at("server_auth", `${quote(serverAuth)} needs "server_vault_path" (a role name or path)`);
+    } else {
+      for (const key of ["server_vault_path", "vault_refresh_percent"] as const) {
+        if (u[key] !== undefined)
+          at(
+            key,
+            `is only used with the vault_* modes of server_auth (this user has ${quote(serverAuth)})`,
+          );
+      }
+    }
+    if (serverAuth === "vault_static" && u.vault_refresh_percent !== undefined)
+      at("vault_refresh_percent", 'is only used with server_auth = "vault_dynamic"');
     const command =
       u.server_auth_command === undefined
         ? undefined

@@ -27,8 +27,13 @@ export const SUPPORTED_SERVER_AUTH: ReadonlySet<string> = new Set([
   "azure_workload_identity",
   "azure_managed_identity",
   "gcp_cloudsql_iam",
+  "vault_dynamic",
+  "vault_static",
   "command",
 ]);
+
+/** server_auth modes whose secret comes from Vault (and need [vault]). */
+export const VAULT_AUTH_MODES: ReadonlySet<string> = new Set(["vault_dynamic", "vault_static"]);
 
 /** [general] keys a reload cannot apply to a running process (listeners are bound, the logger made). */
 export const RESTART_KEYS: ReadonlySet<string> = new Set([

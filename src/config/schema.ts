@@ -104,18 +104,19 @@ export const adminSchema = z
   .partial()
   .strict();
 
-// Same keys as pgdog's [vault]; validated so typos surface now, used by the vault providers.
+// pgdog's [vault] keys, plus `token` auth (token_file) for development.
 export const vaultSchema = z
   .object(
     {
       url: nonEmpty,
       namespace: nonEmpty.optional(),
-      auth_method: oneOf(["kubernetes", "approle"]),
+      auth_method: oneOf(["kubernetes", "approle", "token"]),
       auth_mount: nonEmpty.optional(),
       kubernetes_role: nonEmpty.optional(),
       kubernetes_jwt_path: nonEmpty.optional(),
       approle_role_id: nonEmpty.optional(),
       approle_secret_id_file: nonEmpty.optional(),
+      token_file: nonEmpty.optional(),
       client_token_ttl: nonNegative.optional(),
     },
     table,

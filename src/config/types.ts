@@ -95,11 +95,30 @@ export interface AdminConfig {
   readonly password: string | undefined;
 }
 
+/** [vault]: how pgwarden logs in to Vault for the vault_dynamic / vault_static users. */
+export interface VaultConfig {
+  readonly url: string;
+  readonly namespace: string | undefined;
+  readonly auth_method: "kubernetes" | "approle" | "token";
+  /** Resolved: the method's name ("kubernetes", "approle") unless set. */
+  readonly auth_mount: string;
+  readonly kubernetes_role: string | undefined;
+  /** Resolved: the service account token path of a pod unless set. */
+  readonly kubernetes_jwt_path: string;
+  readonly approle_role_id: string | undefined;
+  readonly approle_secret_id_file: string | undefined;
+  readonly token_file: string | undefined;
+  /** Seconds asked for at login (AppRole/Kubernetes roles cap it); undefined = the role's default. */
+  readonly client_token_ttl: number | undefined;
+}
+
 export interface Config {
   readonly general: GeneralConfig;
   readonly databases: readonly DatabaseConfig[];
   readonly users: readonly UserConfig[];
   readonly admin: AdminConfig;
+  /** [vault], when the file has one. */
+  readonly vault: VaultConfig | undefined;
   /** Absolute paths the config was read from (for messages and reload). */
   readonly files: { readonly config: string; readonly users: string };
 }

@@ -287,3 +287,67 @@ describe("cache off (benchmark baseline)", () => {
     expect(clock.pendingTimers).toBe(0);
   });
 });
+
+describe("credentials that name a user and carry a connection deadline", () => {
+  class LeaseProvider implements TokenProvider {
+    readonly kind = "lease";
+    readonly issuesUser = true;
+    readonly description = { host: "db" };
+    n = 0;
+    constructor(private readonly clock: ManualClock) {}
+    fetch(): Promise<FetchedToken> {
+      const n = ++this.n;
+      const end = this.clock.wallNow() + 30_000;
+      return Promise.resolve({
+        secret: `pw-${n}`,
+        user: `v-app-${n}`,
+        expiresAt: end,
+        refreshAt: this.clock.wallNow() + 20_000,
+        connectionDeadline: end,
+      });
+    }
+  }
+
+  it("hands out user, generation and retireAt; a new lease is a new generation", async () => {
+    const clock = new ManualClock();
+    const provider = new LeaseProvider(clock);
+    const entry = new CredentialEntry("k", provider, {
+      refreshBuffer: 45_000,
+      fetchTimeout: 10_000,
+      clock,
+      logger: silentLogger(),
+    });
+    entry.start();
+    const t0 = clock.now();
+    const first = await entry.getLogin();
+    // retired 10% of the lease (3 s, under the 5 s cap) before it ends
+    expect(first).toEqual({
+      secret: "pw-1",
+      user: "v-app-1",
+      generation: 1,
+      retireAt: t0 + 27_000,
+    });
+    expect(entry.currentGeneration).toBe(1);
+    expect(entry.snapshot()).toMatchObject({ generation: 1, user: "v-app-1" });
+    expect(JSON.stringify(entry.snapshot())).not.toContain("pw-1");
+    await clock.advance(20_000); // the refresh hint
+    expect(provider.n).toBe(2);
+    expect(await entry.getLogin()).toMatchObject({ user: "v-app-2", generation: 2 });
+    expect(entry.currentGeneration).toBe(2);
+    entry.stop();
+  });
+
+  it("does not hand out a credential past its retireAt", async () => {
+    const clock = new ManualClock();
+    const provider = new LeaseProvider(clock);
+    const entry = new CredentialEntry("k", provider, {
+      refreshBuffer: 45_000,
+      fetchTimeout: 10_000,
+      clock,
+      logger: silentLogger(),
+    });
+    await entry.getLogin(); // not started: no refresher
+    await clock.advance(26_500); // 0.5 s before retireAt: within minRemaining
+    expect((await entry.getLogin()).generation).toBe(2);
+  });
+});

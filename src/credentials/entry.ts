@@ -13,10 +13,21 @@
 // server rejected is dropped and replaced by one fetch (single-flight; at most one forced
 // refetch per `invalidateInterval`). Stopping clears the timer; a fetch still in flight then
 // completes into the cache but schedules nothing.
+//
+// Each accepted credential gets the next `generation`. A credential may name the user to log in
+// as and carry a connection deadline (a Vault dynamic lease: the role is dropped at its end);
+// then `retireAt` (the deadline minus a margin) tells pools when connections opened with it must
+// be gone, and such a credential is not handed out for new logins past its retireAt.
 
 import { errorMessage, type Logger, PgwardenError } from "../util/index.js";
 import type { Clock } from "./clock.js";
-import type { CredentialSnapshot, CredentialState, FetchedToken, TokenProvider } from "./types.js";
+import type {
+  CredentialSnapshot,
+  CredentialState,
+  FetchedToken,
+  Login,
+  TokenProvider,
+} from "./types.js";
 
 export interface EntryOptions {
   /** token_refresh_buffer: refresh this long before expiry (ms). */
@@ -38,8 +49,16 @@ export interface EntryOptions {
   readonly cache?: boolean;
 }
 
+/** Connections of a deadline credential close this long before it (capped at 10% of its life). */
+export const RETIRE_MARGIN_MS = 5000;
+
 interface HeldToken {
   readonly secret: string;
+  readonly user: string | undefined;
+  readonly generation: number;
+  /** Monotonic ms, or null: when connections opened with it must be closed. */
+  readonly retireAt: number | null;
+  readonly wallRetireAt: number | null;
   /** Monotonic ms. */
   readonly expiresAt: number;
   readonly wallExpiresAt: number;
@@ -70,6 +89,7 @@ export class CredentialEntry {
   private lastError: string | null = null;
   private lastFetchMs: number | null = null;
   private lastForcedAt = Number.NEGATIVE_INFINITY;
+  private generation = 0;
   private readonly opts: Required<EntryOptions>;
 
   constructor(key: string, provider: TokenProvider, opts: EntryOptions) {
@@ -87,14 +107,29 @@ export class CredentialEntry {
 
   /** The secret to log in with now. */
   get(): Promise<string> {
-    if (!this.opts.cache) return this.fetchUncached();
+    if (!this.opts.cache) return this.fetchUncached().then(secretOf);
+    return this.current().then(secretOf);
+  }
+
+  /** The secret, and the user and deadline that come with it (see Login). */
+  getLogin(): Promise<Login> {
+    if (!this.opts.cache) return this.fetchUncached().then(loginOf);
+    return this.current().then(loginOf);
+  }
+
+  /** The generation of the credential held now (0 = none yet). */
+  get currentGeneration(): number {
+    return this.token?.generation ?? 0;
+  }
+
+  private current(): Promise<HeldToken> {
     const t = this.token;
-    if (t !== null && this.isUsable(t)) return Promise.resolve(t.secret);
-    if (this.inflight !== null) return this.inflight.then(secretOf);
+    if (t !== null && this.isUsable(t)) return Promise.resolve(t);
+    if (this.inflight !== null) return this.inflight;
     if (this.retryPending && this.consecutiveFailures > 0) {
       return Promise.reject(this.failFastError());
     }
-    return this.fetch().then(secretOf);
+    return this.fetch();
   }
 
   /**
@@ -161,6 +196,9 @@ export class CredentialEntry {
       lastError: this.lastError,
       lastFetchMs: this.lastFetchMs,
       consumers: this.consumers,
+      generation: t ? t.generation : 0,
+      user: t?.user ?? null,
+      retireAt: t ? t.wallRetireAt : null,
     };
   }
 
@@ -177,7 +215,7 @@ export class CredentialEntry {
   }
 
   private isUsable(t: HeldToken): boolean {
-    return this.opts.clock.now() + this.opts.minRemaining < t.expiresAt;
+    return this.opts.clock.now() + this.opts.minRemaining < (t.retireAt ?? t.expiresAt);
   }
 
   private describe(): string {
@@ -193,10 +231,11 @@ export class CredentialEntry {
     );
   }
 
-  private fetchUncached(): Promise<string> {
+  private fetchUncached(): Promise<HeldToken> {
     this.fetches++;
+    const startedAt = this.opts.clock.now();
     return this.timedFetch().then(
-      (f) => f.secret,
+      (f) => this.held(f, startedAt),
       (err: unknown) => {
         this.failures++;
         throw new CredentialError(
@@ -298,7 +337,7 @@ export class CredentialEntry {
     return run;
   }
 
-  private accept(fetched: FetchedToken, startedAt: number): HeldToken {
+  private held(fetched: FetchedToken, startedAt: number): HeldToken {
     const { clock } = this.opts;
     if (typeof fetched.secret !== "string" || fetched.secret.length === 0) {
       throw new Error("provider returned an empty token");
@@ -308,12 +347,31 @@ export class CredentialEntry {
     if (!Number.isFinite(fetched.expiresAt) || fetched.expiresAt <= wallNow) {
       throw new Error("provider returned a token that has already expired");
     }
-    const held: HeldToken = {
+    let retireAt: number | null = null;
+    let wallRetireAt: number | null = null;
+    const deadline = fetched.connectionDeadline;
+    if (deadline !== undefined && Number.isFinite(deadline)) {
+      const life = Math.max(0, deadline - wallNow);
+      wallRetireAt = deadline - Math.min(RETIRE_MARGIN_MS, life * 0.1);
+      retireAt = now + (wallRetireAt - wallNow);
+    }
+    return {
       secret: fetched.secret,
+      user: fetched.user,
+      generation: ++this.generation,
+      retireAt,
+      wallRetireAt,
       expiresAt: now + (fetched.expiresAt - wallNow),
       wallExpiresAt: fetched.expiresAt,
       fetchedAt: startedAt,
     };
+  }
+
+  private accept(fetched: FetchedToken, startedAt: number): HeldToken {
+    const { clock } = this.opts;
+    const now = clock.now();
+    const wallNow = clock.wallNow();
+    const held = this.held(fetched, startedAt);
     this.token = held;
     this.hint = fetched.refreshAt === undefined ? null : now + (fetched.refreshAt - wallNow);
     return held;
@@ -373,6 +431,10 @@ export class CredentialEntry {
 
 function secretOf(t: HeldToken): string {
   return t.secret;
+}
+
+function loginOf(t: HeldToken): Login {
+  return { secret: t.secret, user: t.user, generation: t.generation, retireAt: t.retireAt };
 }
 
 /** Error texts from SDKs can echo request bodies; keep them short and strip anything token-like. */

@@ -1,7 +1,13 @@
 export { type Clock, ManualClock, systemClock } from "./clock.js";
 export type { EngineOptions } from "./engine.js";
 export { CredentialEngine, credentialKey } from "./engine.js";
-export { CredentialEntry, CredentialError, sanitize } from "./entry.js";
+export { CredentialEntry, CredentialError, RETIRE_MARGIN_MS, sanitize } from "./entry.js";
 export type { Identity } from "./providers/index.js";
 export { identityFor } from "./providers/index.js";
-export type { CredentialSnapshot, CredentialState, FetchedToken, TokenProvider } from "./types.js";
+export type {
+  CredentialSnapshot,
+  CredentialState,
+  FetchedToken,
+  Login,
+  TokenProvider,
+} from "./types.js";

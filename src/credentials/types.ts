@@ -4,6 +4,27 @@ export interface FetchedToken {
   readonly expiresAt: number;
   /** The provider's own "refresh after" hint (Azure's refreshAfterTimestamp), if any. */
   readonly refreshAt?: number | undefined;
+  /**
+   * The user name to log in as, when the provider issues it with the secret (Vault). Not a
+   * secret: it shows in SHOW CREDENTIALS.
+   */
+  readonly user?: string | undefined;
+  /**
+   * Wall-clock ms after which server connections opened with this secret must not live (the
+   * role itself is revoked: a Vault dynamic lease). Absent for tokens that only gate logins.
+   */
+  readonly connectionDeadline?: number | undefined;
+}
+
+/** What a login needs, and what the pool keeps about the credential a connection used. */
+export interface Login {
+  readonly secret: string;
+  /** Log in as this user instead of the configured server_user. */
+  readonly user: string | undefined;
+  /** Which credential of this entry (1, 2, …): shown in SHOW SERVERS, never the secret. */
+  readonly generation: number;
+  /** Monotonic ms (performance.now()) by which connections opened with it must be closed; null = never. */
+  readonly retireAt: number | null;
 }
 
 /**
@@ -13,6 +34,11 @@ export interface FetchedToken {
 export interface TokenProvider {
   /** The server_auth mode, e.g. "rds_iam". */
   readonly kind: string;
+  /**
+   * true when each secret comes with the user name to log in as (Vault): pools fetch the
+   * credential before connecting, since the user goes into the StartupMessage.
+   */
+  readonly issuesUser?: boolean;
   /** What identifies this identity, safe to show (host, port, user, region, client id, …). */
   readonly description: Readonly<Record<string, string | number>>;
   /** Fetches a fresh secret; should honour `signal` (token_fetch_timeout). */
@@ -47,4 +73,10 @@ export interface CredentialSnapshot {
   readonly lastError: string | null;
   readonly lastFetchMs: number | null;
   readonly consumers: number;
+  /** How many credentials this entry has held (the current one's generation), 0 = none yet. */
+  readonly generation: number;
+  /** The user name issued with the current credential (Vault), else null. */
+  readonly user: string | null;
+  /** Wall-clock ms by which connections opened with the current credential close, or null. */
+  readonly retireAt: number | null;
 }

@@ -226,6 +226,9 @@ function cred(over: Partial<CredentialSnapshot> = {}): CredentialSnapshot {
     lastError: null,
     lastFetchMs: 120,
     consumers: 2,
+    generation: 3,
+    user: null,
+    retireAt: null,
     ...over,
   };
 }

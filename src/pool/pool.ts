@@ -23,12 +23,16 @@
 //
 // Maintenance (driven by the registry's timer) closes servers past idle_timeout (down to
 // min_pool_size) or past server_lifetime, and refills to min_pool_size with its own exponential
-// backoff after failures. Draining (config change, shutdown) stops checkouts; leased servers
+// backoff after failures. A connection whose credential carries a deadline (a Vault dynamic
+// lease) is retired once its source holds a newer credential, or at its retireAt at the latest:
+// idle ones close at once (maintenance, checkout), leased ones when released, so that none
+// outlives its role; replacements log in with the new credential. Draining (config change, shutdown) stops checkouts; leased servers
 // close when released.
 
 import type { ServerConnection, ServerOptions, TlsMode } from "../backend/index.js";
 import { ServerConnection as Server } from "../backend/index.js";
 import type { PoolerMode } from "../config/index.js";
+import type { Login } from "../credentials/index.js";
 import {
   errorMessage,
   isAuthFailure,
@@ -68,6 +72,16 @@ export interface PoolSettings {
 export interface CredentialSource {
   get(): Promise<string>;
   invalidate?(rejected: string): Promise<string>;
+  /**
+   * Sources whose credential names the login user and may carry a deadline (Vault): the pool
+   * asks for the whole login before it connects, and records its generation and retireAt on
+   * the connection.
+   */
+  login?(): Promise<Login>;
+  /** login() names the user: fetch it before connecting (else it is fetched when the server asks). */
+  readonly issuesUser?: boolean;
+  /** The generation held now: connections with a deadline and an older one are retired. */
+  generation?(): number;
 }
 
 /** Backoff between probe opens while the server is down: 50-100 ms first, then up to 1-2 s. */
@@ -274,17 +288,20 @@ export class Pool {
       server.moreAfterReady ||
       this.draining ||
       oversize ||
-      server.ageMs > this.settings.serverLifetime
+      server.ageMs > this.settings.serverLifetime ||
+      (server.retireAt !== null && this.mustRetire(server, performance.now()))
     ) {
       this.discard(
         server,
-        !clean
-          ? "released unclean (client left mid-transaction or server state unknown)"
-          : server.prepared?.poisoned === true
-            ? "its prepared statements are unknown (a client left with replies owed)"
-            : server.moreAfterReady
-              ? "server sent data nobody asked for after ReadyForQuery"
-              : "released",
+        server.retireAt !== null && this.mustRetire(server, performance.now())
+          ? "its credential is retired (lease ending)"
+          : !clean
+            ? "released unclean (client left mid-transaction or server state unknown)"
+            : server.prepared?.poisoned === true
+              ? "its prepared statements are unknown (a client left with replies owed)"
+              : server.moreAfterReady
+                ? "server sent data nobody asked for after ReadyForQuery"
+                : "released",
       );
       this.afterLoss();
       return;
@@ -326,10 +343,18 @@ export class Pool {
     for (let i = 0; i < this.idle.length; ) {
       const s = this.idle[i]!;
       const expired = s.ageMs > serverLifetime;
+      const retired = this.mustRetire(s, now);
       const idleTooLong = idleTimeout > 0 && s.idleMs > idleTimeout && this.size > minPoolSize;
-      if (expired || idleTooLong) {
+      if (expired || retired || idleTooLong) {
         this.idle.splice(i, 1);
-        this.discard(s, expired ? "server_lifetime reached" : "idle_timeout reached");
+        this.discard(
+          s,
+          expired
+            ? "server_lifetime reached"
+            : retired
+              ? "its credential is retired (lease ending)"
+              : "idle_timeout reached",
+        );
       } else {
         i++;
       }
@@ -421,6 +446,9 @@ export class Pool {
       backendPid: c.pid,
       connectTime: c.connectedAtWall,
       tls: c.tls,
+      serverUser: c.opts.user,
+      credentialGeneration: c.credentialGeneration,
+      retireAt: c.retireAt === null ? null : Date.now() + (c.retireAt - performance.now()),
     });
     return [
       ...[...this.leased.keys()].map((c) => row(c, "active")),
@@ -460,9 +488,24 @@ export class Pool {
         this.discard(s, "server_lifetime reached");
         continue;
       }
+      if (s.retireAt !== null && this.mustRetire(s, performance.now())) {
+        this.discard(s, "its credential is retired (lease ending)");
+        continue;
+      }
       return s;
     }
     return null;
+  }
+
+  /**
+   * A connection opened with a deadline credential goes once a newer credential is held (so
+   * retirements spread over the rest of the lease) or at its retireAt at the latest.
+   */
+  private mustRetire(server: ServerConnection, now: number): boolean {
+    if (server.retireAt === null) return false;
+    if (now >= server.retireAt) return true;
+    const gen = this.settings.credential.generation?.() ?? 0;
+    return gen > server.credentialGeneration;
   }
 
   private lease(server: ServerConnection, holder: LeaseHolder): Lease {
@@ -610,25 +653,41 @@ export class Pool {
   private async connectWithRetry(): Promise<ServerConnection> {
     const s = this.settings;
     const cred = s.credential;
+    const getLogin = cred.login?.bind(cred);
+    if (getLogin !== undefined && cred.issuesUser === true) return this.connectWithLogin(getLogin);
     let used: string | undefined;
+    let login: Login | undefined;
     const opts: ServerOptions = {
       host: s.host,
       port: s.port,
       database: s.serverDatabase,
       user: s.serverUser,
       getCredential: () =>
-        cred.get().then((secret) => {
-          used = secret;
-          return secret;
-        }),
+        getLogin !== undefined
+          ? getLogin().then((l) => {
+              login = l;
+              used = l.secret;
+              return l.secret;
+            })
+          : cred.get().then((secret) => {
+              used = secret;
+              return secret;
+            }),
       connectTimeout: s.connectTimeout,
       tlsMode: s.tlsMode,
       tlsCa: s.tlsCa,
       logger: this.logger,
       label: this.name,
     };
+    const remember = (server: ServerConnection) => {
+      if (login !== undefined) {
+        server.credentialGeneration = login.generation;
+        server.retireAt = login.retireAt;
+      }
+      return server;
+    };
     try {
-      return await Server.connect(opts);
+      return remember(await Server.connect(opts));
     } catch (err) {
       if (!isAuthFailure(err) || used === undefined || cred.invalidate === undefined) throw err;
       this.logger.warn(
@@ -636,7 +695,70 @@ export class Pool {
         "server rejected the credential; retrying once with a fresh one",
       );
       const fresh = await cred.invalidate(used);
-      return Server.connect({ ...opts, getCredential: () => Promise.resolve(fresh) });
+      login = undefined;
+      return remember(
+        await Server.connect({
+          ...opts,
+          getCredential: () =>
+            getLogin !== undefined
+              ? getLogin().then((l) => {
+                  login = l;
+                  return l.secret;
+                })
+              : Promise.resolve(fresh),
+        }),
+      );
+    }
+  }
+
+  /**
+   * For sources that name the user (Vault): the login is fetched first (the user goes into the
+   * StartupMessage), and the connection remembers which credential it used and its deadline.
+   * A rejected credential is replaced once, as in connectWithRetry.
+   */
+  private async connectWithLogin(getLogin: () => Promise<Login>): Promise<ServerConnection> {
+    const s = this.settings;
+    const cred = s.credential;
+    const open = async (login: Login) => {
+      const server = await Server.connect({
+        host: s.host,
+        port: s.port,
+        database: s.serverDatabase,
+        user: login.user ?? s.serverUser,
+        getCredential: () => Promise.resolve(login.secret),
+        connectTimeout: s.connectTimeout,
+        tlsMode: s.tlsMode,
+        tlsCa: s.tlsCa,
+        logger: this.logger,
+        label: this.name,
+      });
+      server.credentialGeneration = login.generation;
+      server.retireAt = login.retireAt;
+      return server;
+    };
+    let login: Login;
+    try {
+      login = await getLogin();
+    } catch (err) {
+      throw err instanceof PgwardenError
+        ? err
+        : new PgwardenError(
+            "CREDENTIAL",
+            `could not get credential: ${errorMessage(err)}`,
+            { pool: this.name },
+            err,
+          );
+    }
+    try {
+      return await open(login);
+    } catch (err) {
+      if (!isAuthFailure(err) || cred.invalidate === undefined) throw err;
+      this.logger.warn(
+        { pool: this.name, err: errorMessage(err), credential_generation: login.generation },
+        "server rejected the credential; retrying once with a fresh one",
+      );
+      await cred.invalidate(login.secret);
+      return open(await getLogin());
     }
   }
 

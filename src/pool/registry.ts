@@ -188,7 +188,7 @@ export class PoolRegistry {
           "CONFIG",
           `user "${user.name}": database "${user.database}" is not defined`,
         );
-      const identity = identityFor(user, db, this.env);
+      const identity = identityFor(user, db, this.env, config.vault);
       const g = config.general;
       const signature = JSON.stringify([
         db.host,
@@ -211,7 +211,14 @@ export class PoolRegistry {
     if (p.identity !== null) {
       const e = this.engine.acquire(p.identity.key, p.identity.make);
       entry = e;
-      credential = { get: () => e.get(), invalidate: (rejected) => e.invalidate(rejected) };
+      credential = {
+        get: () => e.get(),
+        invalidate: (rejected) => e.invalidate(rejected),
+        // Every token source goes through login(): the connection records its generation.
+        login: () => e.getLogin(),
+        issuesUser: e.provider.issuesUser === true,
+        generation: () => e.currentGeneration,
+      };
     }
     const pool = new Pool(settingsFor(config, p.db, p.user, credential, tlsCa), this.logger);
     into.set(p.key, pool);

@@ -37,4 +37,10 @@ export interface ServerSnapshot {
   /** Epoch ms. */
   readonly connectTime: number;
   readonly tls: boolean;
+  /** The role it logged in as (a Vault dynamic user differs from the configured one). */
+  readonly serverUser: string;
+  /** Which credential of its pool's source it used (0 = a static password); never the secret. */
+  readonly credentialGeneration: number;
+  /** Epoch ms by which it will be closed (its credential's deadline), or null. */
+  readonly retireAt: number | null;
 }

@@ -24,6 +24,8 @@ export interface PgwardenConfig {
   users: Array<Record<string, unknown>>;
   /** [admin] */
   admin?: Record<string, unknown>;
+  /** [vault] */
+  vault?: Record<string, unknown>;
 }
 
 export interface StartPgwardenOptions extends PgwardenConfig {
@@ -88,7 +90,12 @@ function writeFiles(dir: string, cfg: PgwardenConfig, host: unknown, port: unkno
   if (general.port === undefined) general.port = port;
   writeFileSync(
     join(dir, "pgwarden.toml"),
-    stringify({ general, databases: cfg.databases, admin: cfg.admin }),
+    stringify({
+      general,
+      databases: cfg.databases,
+      admin: cfg.admin,
+      ...(cfg.vault ? { vault: cfg.vault } : {}),
+    }),
   );
   writeFileSync(join(dir, "users.toml"), stringify({ users: cfg.users }));
 }

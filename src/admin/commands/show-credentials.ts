@@ -47,6 +47,11 @@ const columns: readonly Column<CredentialSnapshot>[] = [
   // Beyond design §3: how far into a backoff the refresher is, and how long the last fetch took.
   int4("consecutive_failures", (c) => c.consecutiveFailures),
   int8("last_fetch_ms", (c) => (c.lastFetchMs === null ? null : Math.round(c.lastFetchMs))),
+  // Which credential is current (SHOW SERVERS' `credential` column), the user it names (Vault
+  // issues one per lease; not a secret) and when connections opened with it are closed.
+  int8("generation", (c) => c.generation),
+  text("credential_user", (c) => c.user),
+  text("retire_at", (c) => isoTime(c.retireAt)),
 ];
 
 export function showCredentials(ctx: AdminContext): Buffer[] {

@@ -3,11 +3,30 @@
 
 import type { ServerSnapshot } from "../../pool/index.js";
 import type { AdminContext, ClientSnapshot } from "../context.js";
-import { resultSet } from "./result-set.js";
+import { type Column, int4, isoTime, resultSet, text } from "./result-set.js";
 import { clientPtr, type SocketRow, serverPtr, socketColumns } from "./socket-columns.js";
 
-function row(s: ServerSnapshot, holder: ClientSnapshot | undefined): SocketRow {
+interface ServerRow extends SocketRow {
+  readonly serverUser: string;
+  readonly credentialGeneration: number;
+  readonly retireAt: number | null;
+}
+
+// Ours, after PgBouncer's columns: the role it logged in as, which credential of its pool's
+// source it used (a generation number, never the secret; 0 = a static password) and when it
+// will be closed because that credential's role is revoked (Vault dynamic leases).
+const serverColumns: readonly Column<ServerRow>[] = [
+  ...socketColumns,
+  text("server_user", (r) => r.serverUser),
+  int4("credential", (r) => r.credentialGeneration),
+  text("retire_at", (r) => isoTime(r.retireAt)),
+];
+
+function row(s: ServerSnapshot, holder: ClientSnapshot | undefined): ServerRow {
   return {
+    serverUser: s.serverUser,
+    credentialGeneration: s.credentialGeneration,
+    retireAt: s.retireAt,
     type: "S",
     user: s.user,
     database: s.database,
@@ -28,7 +47,7 @@ export function showServers(ctx: AdminContext): Buffer[] {
   const holders = new Map<number, ClientSnapshot>();
   for (const c of ctx.clients()) if (c.serverPid !== 0) holders.set(c.serverPid, c);
   return resultSet(
-    socketColumns,
+    serverColumns,
     ctx.servers().map((s) => row(s, holders.get(s.backendPid))),
   );
 }

@@ -2,8 +2,8 @@
 // (so pools that differ in one share nothing) and nothing else (so pools that do not differ share
 // one entry), and the description that SHOW CREDENTIALS and the metrics show is secret-free.
 import { describe, expect, it } from "vitest";
-import type { DatabaseConfig, UserConfig } from "../../config/index.js";
-import { identityFor } from "./index.js";
+import type { DatabaseConfig, UserConfig, VaultConfig } from "../../config/index.js";
+import { identityFor, vaultSecretPath } from "./index.js";
 
 const db: DatabaseConfig = { name: "app", host: "db.example", port: 5432, database_name: "app" };
 
@@ -115,5 +115,50 @@ describe("identityFor", () => {
     expect(() => identityFor(user({ server_auth: "command" }), db, {})).toThrow(
       /needs "server_auth_command"/,
     );
+  });
+
+  it("vault: path, mode, refresh percent, server and every [vault] login setting are in the key", () => {
+    const vault: VaultConfig = {
+      url: "https://vault:8200",
+      namespace: "ns",
+      auth_method: "approle",
+      auth_mount: "approle",
+      kubernetes_role: undefined,
+      kubernetes_jwt_path: "/jwt",
+      approle_role_id: "rid",
+      approle_secret_id_file: "/sid",
+      token_file: undefined,
+      client_token_ttl: undefined,
+    };
+    const vkey = (u: Partial<UserConfig>, v: VaultConfig = vault, d = db) =>
+      identityFor(user(u), d, {}, v)?.key;
+    const base = { server_auth: "vault_dynamic" as const, server_vault_path: "app" };
+    const k0 = vkey(base);
+    const variants = [
+      vkey({ ...base, server_vault_path: "other" }),
+      vkey({ ...base, server_auth: "vault_static" }),
+      vkey({ ...base, vault_refresh_percent: 50 }),
+      vkey(base, { ...vault, url: "https://vault2:8200" }),
+      vkey(base, { ...vault, namespace: "other" }),
+      vkey(base, { ...vault, auth_mount: "approle-eu" }),
+      vkey(base, { ...vault, approle_role_id: "rid2" }),
+      vkey(base, vault, { ...db, port: 5433 }),
+    ];
+    expect(new Set([k0, ...variants]).size).toBe(variants.length + 1);
+    // the pool's own names do not split the identity; the database name does not either
+    expect(
+      vkey({ ...base, name: "x", server_user: "y" }, vault, { ...db, database_name: "z" }),
+    ).toBe(k0);
+    const id = identityFor(user(base), db, {}, vault);
+    const p = id?.make();
+    expect(p?.issuesUser).toBe(true);
+    expect(JSON.stringify(p?.description)).not.toMatch(/sid|secret/);
+    expect(() => identityFor(user(base), db, {})).toThrow(/needs a \[vault\] table/);
+  });
+
+  it("vaultSecretPath: a role name goes to the database mount, a path is kept", () => {
+    expect(vaultSecretPath("dynamic", "app")).toBe("database/creds/app");
+    expect(vaultSecretPath("static", "app")).toBe("database/static-creds/app");
+    expect(vaultSecretPath("dynamic", "/v1/db-eu/creds/app/")).toBe("db-eu/creds/app");
   });
 });

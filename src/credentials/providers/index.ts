@@ -1,6 +1,11 @@
 // Which provider serves a user's server_auth, and the credential key of that identity.
 
-import { type DatabaseConfig, inferRdsRegion, type UserConfig } from "../../config/index.js";
+import {
+  type DatabaseConfig,
+  inferRdsRegion,
+  type UserConfig,
+  type VaultConfig,
+} from "../../config/index.js";
 import { PgwardenError } from "../../util/index.js";
 import { credentialKey } from "../engine.js";
 import type { TokenProvider } from "../types.js";
@@ -9,12 +14,20 @@ import { AzureWorkloadIdentityProvider } from "./azure-workload-identity.js";
 import { CommandProvider } from "./command.js";
 import { GcpCloudSqlIamProvider } from "./gcp-cloudsql-iam.js";
 import { RdsIamProvider } from "./rds-iam.js";
+import { DEFAULT_VAULT_REFRESH_PERCENT, VaultDatabaseProvider } from "./vault.js";
+import { type VaultSettings, vaultSession } from "./vault-client.js";
 
 export { AzureManagedIdentityProvider } from "./azure-managed-identity.js";
 export { AZURE_POSTGRES_SCOPE, AzureWorkloadIdentityProvider } from "./azure-workload-identity.js";
 export { CommandProvider, parseCommandOutput } from "./command.js";
 export { CLOUD_SQL_LOGIN_SCOPE, GcpCloudSqlIamProvider } from "./gcp-cloudsql-iam.js";
 export { RDS_TOKEN_LIFETIME_MS, RdsIamProvider } from "./rds-iam.js";
+export {
+  DEFAULT_VAULT_REFRESH_PERCENT,
+  VaultDatabaseProvider,
+  vaultSecretPath,
+} from "./vault.js";
+export { VaultHttpError, VaultSession, type VaultSettings, vaultSession } from "./vault-client.js";
 
 export interface Identity {
   /** Equal for every pool whose secret is the same. */
@@ -28,7 +41,12 @@ type Env = Readonly<Record<string, string | undefined>>;
  * The identity of a token-authenticated user, or null for server_auth = "password". Throws a
  * clear error naming the user when a required setting is missing.
  */
-export function identityFor(user: UserConfig, db: DatabaseConfig, env: Env): Identity | null {
+export function identityFor(
+  user: UserConfig,
+  db: DatabaseConfig,
+  env: Env,
+  vault?: VaultConfig,
+): Identity | null {
   const label = `users.toml: user "${user.name}" (database "${user.database}")`;
   switch (user.server_auth) {
     case "password":
@@ -149,6 +167,50 @@ export function identityFor(user: UserConfig, db: DatabaseConfig, env: Env): Ide
             database: db.database_name,
             env,
           }),
+      };
+    }
+    case "vault_dynamic":
+    case "vault_static": {
+      const path = user.server_vault_path;
+      if (vault === undefined || path === undefined) {
+        throw new PgwardenError(
+          "CONFIG",
+          `${label}: server_auth "${user.server_auth}" needs a [vault] table and "server_vault_path"`,
+        );
+      }
+      const mode = user.server_auth === "vault_dynamic" ? "dynamic" : "static";
+      const settings: VaultSettings = {
+        url: vault.url,
+        namespace: vault.namespace,
+        authMethod: vault.auth_method,
+        authMount: vault.auth_mount,
+        kubernetesRole: vault.kubernetes_role,
+        kubernetesJwtPath: vault.kubernetes_jwt_path,
+        approleRoleId: vault.approle_role_id,
+        approleSecretIdFile: vault.approle_secret_id_file,
+        tokenFile: vault.token_file,
+        caFile: env.VAULT_CACERT || undefined,
+      };
+      const refreshPercent = user.vault_refresh_percent ?? DEFAULT_VAULT_REFRESH_PERCENT;
+      return {
+        key: credentialKey(user.server_auth, {
+          host: db.host,
+          port: db.port,
+          path,
+          refresh: mode === "dynamic" ? refreshPercent : undefined,
+          vault: [
+            settings.url,
+            settings.namespace ?? "",
+            settings.authMethod,
+            settings.authMount,
+            settings.kubernetesRole ?? settings.approleRoleId ?? settings.tokenFile ?? "",
+          ].join("|"),
+        }),
+        make: () =>
+          new VaultDatabaseProvider(
+            { mode, path, refreshPercent, host: db.host, port: db.port, user: user.server_user },
+            vaultSession(settings),
+          ),
       };
     }
     default:
