@@ -884,7 +884,7 @@ export class ClientSession implements LeaseHolder {
    * waits for its answer sends nothing more) unless more than PENDING_PAUSE_BYTES pile up.
    */
   private queuePending(chunk: Buffer): void {
-    this.pending.push(SocketIO.own(chunk));
+    this.pending.push(this.keep(chunk));
     this.pendingBytes += chunk.length;
     if (this.pendingBytes > PENDING_PAUSE_BYTES) this.pauseForLease();
   }
@@ -903,7 +903,7 @@ export class ClientSession implements LeaseHolder {
    * untracked; the rewriter is told how many of those requests are still unanswered.
    */
   private switchOn(chunkIn: Buffer, pos: number): void {
-    const chunk = SocketIO.own(chunkIn); // the rewriter keeps parts of it
+    const chunk = this.keep(chunkIn); // the rewriter keeps parts of it
     const hs = pos - 5;
     this.rw = new StatementRewriter(this.ctx.statements);
     const before = chunk.subarray(0, hs);
@@ -938,7 +938,7 @@ export class ClientSession implements LeaseHolder {
    */
   private rwBytes(chunkIn: Buffer, pos: number): void {
     // The rewriter keeps messages (or parts) until it plans them: the chunk outlives this call.
-    const chunk = SocketIO.own(chunkIn);
+    const chunk = pos === 0 ? this.keep(chunkIn) : chunkIn; // (pos > 0: from switchOn, kept)
     const f = this.framer;
     const rw = this.rw!;
     if (pos === 0) {
@@ -1084,6 +1084,15 @@ export class ClientSession implements LeaseHolder {
         `invalid message length ${bodyLength + 4} for message type "${String.fromCharCode(type)}" (limit ${limit} bytes)`,
       );
     }
+  }
+
+  /**
+   * Client bytes that must outlive the read they came in (queued, or kept by the rewriter): a
+   * copy when the socket reads into a reused buffer. Every chunk clientBytes gets after login
+   * is such a read, or bytes that came with the login (no SocketIO yet: nothing to copy).
+   */
+  private keep(chunk: Buffer): Buffer {
+    return this.io !== null ? this.io.keep(chunk) : chunk;
   }
 
   /** Writes to the client (after login). */
