@@ -296,7 +296,7 @@ export class StatementRewriter {
       }
       this.clearQueue();
       this.pendBuf = null;
-      this.toServer.length = 0;
+      empty(this.toServer);
       this.skipping = false;
       this.inSegment = false;
       this.barriers = 0;
@@ -370,7 +370,7 @@ export class StatementRewriter {
     this.flushPending();
     const out = this.toServer;
     this.toServer = this.spareServer;
-    this.toServer.length = 0;
+    empty(this.toServer);
     this.spareServer = out;
     return out;
   }
@@ -379,7 +379,7 @@ export class StatementRewriter {
   takeClient(): Buffer[] {
     const out = this.toClient;
     this.toClient = this.spareClient;
-    this.toClient.length = 0;
+    empty(this.toClient);
     this.spareClient = out;
     return out;
   }
@@ -393,11 +393,11 @@ export class StatementRewriter {
   }
 
   private clearQueue(): void {
-    this.qType.length = 0;
-    this.qBuf.length = 0;
-    this.qStart.length = 0;
-    this.qEnd.length = 0;
-    this.qLen.length = 0;
+    empty(this.qType);
+    empty(this.qBuf);
+    empty(this.qStart);
+    empty(this.qEnd);
+    empty(this.qLen);
     this.qi = 0;
     this.qCopied = 0;
   }
@@ -1023,4 +1023,9 @@ function desync(type: number, kind: number): ProtocolError {
   return new ProtocolError(
     `server reply "${String.fromCharCode(type)}" does not match the request it answers (${kind})`,
   );
+}
+
+/** Empties an array in place (pops: storing `length` is a runtime call, per message here). */
+function empty(a: unknown[]): void {
+  while (a.length > 0) a.pop();
 }
