@@ -9,7 +9,9 @@
 // provider calls, client errors, connects, and p50/p99 of the time a client waits to connect.
 //
 // Knobs: BENCH_SECONDS (60), BENCH_CLIENTS (40), BENCH_POOL_SIZE (20), BENCH_FETCH_MS (2000),
-// BENCH_TOKEN_SECONDS (20), BENCH_SERVER_LIFETIME_MS (3000).
+// BENCH_TOKEN_SECONDS (20), BENCH_SERVER_LIFETIME_MS (3000). BENCH_NODE: the `node` that
+// `npm run bench:credentials` runs this with (and pgwarden, started with process.execPath),
+// default the first on PATH; for Node.js 24, BENCH_NODE="$(bash .ci/node24)/node".
 import { rmSync } from "node:fs";
 import pg from "pg";
 import { transpileTestSupport } from "./test-modules.mjs";
@@ -101,6 +103,7 @@ async function main() {
   const { out, load } = transpileTestSupport();
   const [idEnv, pgwarden] = await Promise.all([load("identity-env"), load("harness/pgwarden")]);
   const h = { pgwarden };
+  log(`node ${process.version} (${process.execPath}) runs the bench and pgwarden`);
   log(
     `starting PostgreSQL, Entra ID emulator (${cfg.fetchMs} ms per token, ${cfg.tokenSeconds} s tokens)`,
   );

@@ -78,6 +78,13 @@
 //                          the repository root)
 //   BENCH_PGWARDEN_NODE_ARGS  node flags for pgwarden, e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
 //   PGBOUNCER_BIN          pgbouncer-system's binary, else /usr/sbin/pgbouncer, else PATH
+//   BENCH_NODE             the `node` that `npm run bench` runs this script with, default the
+//                          first on PATH; pgwarden runs on the same one (the harness starts it
+//                          with process.execPath) and the table header names its version.
+//                          Node.js 24 LTS is the runtime pgwarden ships and is measured on:
+//                          BENCH_NODE="$(bash .ci/node24)/node" npm run bench (.ci/node24
+//                          installs it from the npm registry into .tmp/node24); or put its
+//                          directory first on PATH. The machine's node (20) works as well.
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -660,6 +667,7 @@ async function main() {
     const info = machine(h);
     info.loadStart = os.loadavg().map((l) => l.toFixed(2));
     const maxClients = Math.max(...cfg.clients, RESTART_CLIENTS);
+    log(`node ${process.version} (${process.execPath}) runs the bench and pgwarden`);
     log(`starting PostgreSQL (${h.postgres.pgBinDir()})`);
     const cluster = await h.postgres.startPostgres({
       settings: {
