@@ -19,8 +19,11 @@ import { VaultHttpError, type VaultSession } from "./vault-client.js";
 
 /** vault_refresh_percent when not set: two thirds of the lease, as Vault Agent renews. */
 export const DEFAULT_VAULT_REFRESH_PERCENT = 67;
-/** A static password that rotates within this many seconds is waited for, not handed out. */
-const STATIC_WAIT_S = 10;
+/**
+ * A static password that rotates within this many seconds is waited for, not handed out. Small:
+ * the wait (up to STATIC_WAIT_S + 1 s) and the read after it must fit in token_fetch_timeout.
+ */
+const STATIC_WAIT_S = 3;
 
 export interface VaultDatabaseSettings {
   readonly mode: "dynamic" | "static";
