@@ -4,4 +4,13 @@ export { CredentialEngine, credentialKey } from "./engine.js";
 export { CredentialEntry, CredentialError, sanitize } from "./entry.js";
 export type { Identity } from "./providers/index.js";
 export { identityFor } from "./providers/index.js";
-export type { CredentialSnapshot, CredentialState, FetchedToken, TokenProvider } from "./types.js";
+export type { CredentialRequest, CredentialTransport } from "./remote.js";
+export { CredentialHost, RemoteCredentialEngine } from "./remote.js";
+export type {
+  CredentialBroker,
+  CredentialHandle,
+  CredentialSnapshot,
+  CredentialState,
+  FetchedToken,
+  TokenProvider,
+} from "./types.js";

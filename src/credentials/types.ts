@@ -48,3 +48,16 @@ export interface CredentialSnapshot {
   readonly lastFetchMs: number | null;
   readonly consumers: number;
 }
+
+/** What a pool holds on an identity: the secret to log in with, and "that one was rejected". */
+export interface CredentialHandle {
+  readonly key: string;
+  get(): Promise<string>;
+  invalidate(rejected: string): Promise<string>;
+}
+
+/** What the pool registry needs of a credential engine, local (CredentialEngine) or remote. */
+export interface CredentialBroker {
+  acquire(key: string, makeProvider: () => TokenProvider): CredentialHandle;
+  release(handle: CredentialHandle): void;
+}
