@@ -37,4 +37,6 @@ export interface ServerSnapshot {
   /** Epoch ms. */
   readonly connectTime: number;
   readonly tls: boolean;
+  /** The worker process holding the connection (workers > 1); absent with one process. */
+  readonly worker?: number;
 }

@@ -4,7 +4,7 @@
 import type { ServerSnapshot } from "../../pool/index.js";
 import type { AdminContext, ClientSnapshot } from "../context.js";
 import { resultSet } from "./result-set.js";
-import { clientPtr, type SocketRow, serverPtr, socketColumns } from "./socket-columns.js";
+import { clientPtr, type SocketRow, serverPtr, socketColumnsFor } from "./socket-columns.js";
 
 function row(s: ServerSnapshot, holder: ClientSnapshot | undefined): SocketRow {
   return {
@@ -21,14 +21,13 @@ function row(s: ServerSnapshot, holder: ClientSnapshot | undefined): SocketRow {
     tls: s.tls,
     applicationName: holder?.applicationName ?? "",
     id: s.backendPid,
+    worker: s.worker,
   };
 }
 
 export function showServers(ctx: AdminContext): Buffer[] {
   const holders = new Map<number, ClientSnapshot>();
   for (const c of ctx.clients()) if (c.serverPid !== 0) holders.set(c.serverPid, c);
-  return resultSet(
-    socketColumns,
-    ctx.servers().map((s) => row(s, holders.get(s.backendPid))),
-  );
+  const rows = ctx.servers().map((s) => row(s, holders.get(s.backendPid)));
+  return resultSet(socketColumnsFor(rows), rows);
 }
