@@ -1,6 +1,8 @@
 // Import direction of design §1: each folder imports only the folders below it,
 // and only through their index.ts.
-const order = ["cli", "admin", "metrics", "frontend", "pool", "backend", "credentials", "config", "protocol", "util"];
+// cluster (workers > 1, design §6) sits right under cli: it wires processes around the layers
+// below it (credentials host, admin over IPC, metrics aggregation) and nothing below imports it.
+const order = ["cli", "cluster", "admin", "metrics", "frontend", "pool", "backend", "credentials", "config", "protocol", "util"];
 const extraForbidden = {
   admin: ["frontend", "backend"],
   frontend: ["backend", "credentials"],
