@@ -9,7 +9,9 @@
 // provider calls, client errors, connects, and p50/p99 of the time a client waits to connect.
 //
 // Knobs: BENCH_SECONDS (60), BENCH_CLIENTS (40), BENCH_POOL_SIZE (20), BENCH_FETCH_MS (2000),
-// BENCH_TOKEN_SECONDS (20), BENCH_SERVER_LIFETIME_MS (3000).
+// BENCH_TOKEN_SECONDS (20), BENCH_SERVER_LIFETIME_MS (3000), BENCH_WORKERS (1: pgwarden's
+// `workers`; with 2 the engine still runs once, in the primary, so provider calls per identity
+// should not change: `BENCH_WORKERS=2 npm run bench:credentials`).
 import { rmSync } from "node:fs";
 import pg from "pg";
 import { transpileTestSupport } from "./test-modules.mjs";
@@ -22,6 +24,7 @@ const cfg = {
   fetchMs: num("BENCH_FETCH_MS", 2000),
   tokenSeconds: num("BENCH_TOKEN_SECONDS", 20),
   serverLifetimeMs: num("BENCH_SERVER_LIFETIME_MS", 3000),
+  workers: num("BENCH_WORKERS", 1),
 };
 const log = (m) => process.stderr.write(`[bench:credentials] ${m}\n`);
 
@@ -39,6 +42,7 @@ async function run(h, env, label, cacheOff) {
       server_lifetime: cfg.serverLifetimeMs,
       checkout_timeout: 60_000,
       token_fetch_timeout: 30_000,
+      workers: cfg.workers,
     },
     databases: [
       { name: "appdb", host: "127.0.0.1", port: env.cluster.port, database_name: "postgres" },
