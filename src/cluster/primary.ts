@@ -105,7 +105,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
     );
     return mergeSnapshots(
       parts.filter((p) => p !== null),
-      engine.snapshot(),
+      host.snapshot(),
     );
   };
 
@@ -255,7 +255,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
   if (config.general.openmetrics_port !== undefined) {
     const { registry: own } = createMetrics({
       pools: () => [],
-      credentials: () => engine.snapshot(),
+      credentials: () => host.snapshot(),
       clients: () => ({ total: 0, byState: {} }),
     });
     const aggregate = {

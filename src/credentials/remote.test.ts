@@ -49,13 +49,14 @@ function instance(workers: number) {
 
 describe("RemoteCredentialEngine + CredentialHost", () => {
   it("four workers warming at once cost one fetch; the engine holds one entry", async () => {
-    const { engine, provider, remotes } = instance(4);
+    const { engine, host, provider, remotes } = instance(4);
     const handles = remotes.map((r) => r.acquire("fake(k)", () => provider));
     const secrets = await Promise.all(handles.map((h) => h.get()));
     expect(new Set(secrets)).toEqual(new Set(["token-1"]));
     expect(provider.fetches).toBe(1);
     expect(engine.size).toBe(1);
-    expect(engine.snapshot()[0]?.consumers).toBe(4);
+    // one pool per worker, the same pools everywhere: the instance has one consumer
+    expect(host.snapshot()[0]?.consumers).toBe(1);
   });
 
   it("a token rejected on two workers is refetched once", async () => {
@@ -82,7 +83,8 @@ describe("RemoteCredentialEngine + CredentialHost", () => {
     remotes[1]!.acquire("fake(k)", () => provider);
     remotes[1]!.acquire("fake(k)", () => provider);
     remotes[0]!.release(a);
-    expect(engine.snapshot()[0]?.consumers).toBe(2);
+    expect(host.snapshot()[0]?.consumers).toBe(2);
+    expect(engine.size).toBe(1);
     host.forget(1);
     expect(engine.size).toBe(0);
   });

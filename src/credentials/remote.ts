@@ -14,8 +14,13 @@
 
 import { PgwardenError } from "../util/index.js";
 import type { CredentialEngine } from "./engine.js";
-import { CredentialError } from "./entry.js";
-import type { CredentialBroker, CredentialHandle, TokenProvider } from "./types.js";
+import { type CredentialEntry, CredentialError } from "./entry.js";
+import type {
+  CredentialBroker,
+  CredentialHandle,
+  CredentialSnapshot,
+  TokenProvider,
+} from "./types.js";
 
 export type CredentialRequest =
   | { readonly op: "acquire"; readonly key: string }
@@ -74,12 +79,17 @@ export class RemoteCredentialEngine implements CredentialBroker {
 /**
  * The primary's side: serves every worker's requests from the one engine. `makers` maps a
  * credential key to its provider factory, from the primary's own reading of the config (the
- * workers read the same files); an unknown key is an error for that request only.
+ * workers read the same files); an unknown key is an error for that request only. The engine's
+ * entry is held once for all workers (taken with the first worker reference, let go with the
+ * last), and `consumers` in the snapshot is the most pools any one worker has on the identity:
+ * every worker runs the same pools, so that is the instance's pool count, as with one process.
  */
 export class CredentialHost {
   /** worker id → key → references it holds. */
   private readonly held = new Map<number, Map<string, number>>();
   private readonly makers = new Map<string, () => TokenProvider>();
+  /** The engine entry held on behalf of the workers, per key. */
+  private readonly entries = new Map<string, CredentialEntry>();
 
   constructor(private readonly engine: CredentialEngine) {}
 
@@ -93,7 +103,8 @@ export class CredentialHost {
       case "acquire": {
         const make = this.makers.get(msg.key);
         if (make === undefined) return undefined; // get() will say so
-        this.engine.acquire(msg.key, make);
+        if (!this.entries.has(msg.key))
+          this.entries.set(msg.key, this.engine.acquire(msg.key, make));
         let mine = this.held.get(worker);
         if (mine === undefined) {
           mine = new Map();
@@ -128,6 +139,15 @@ export class CredentialHost {
     this.held.delete(worker);
   }
 
+  /** The engine's snapshot, `consumers` counted as the instance's pools (see above). */
+  snapshot(): CredentialSnapshot[] {
+    return this.engine.snapshot().map((s) => {
+      let most = 0;
+      for (const mine of this.held.values()) most = Math.max(most, mine.get(s.key) ?? 0);
+      return { ...s, consumers: most };
+    });
+  }
+
   private drop(worker: number, key: string, n: number): void {
     const mine = this.held.get(worker);
     const have = mine?.get(key) ?? 0;
@@ -135,9 +155,11 @@ export class CredentialHost {
     if (take <= 0 || mine === undefined) return;
     if (have === take) mine.delete(key);
     else mine.set(key, have - take);
-    for (let i = 0; i < take; i++) {
-      const entry = this.engine.entry(key);
-      if (entry) this.engine.release(entry);
+    for (const m of this.held.values()) if ((m.get(key) ?? 0) > 0) return;
+    const entry = this.entries.get(key);
+    if (entry !== undefined) {
+      this.entries.delete(key);
+      this.engine.release(entry);
     }
   }
 }
