@@ -117,7 +117,7 @@ async function main() {
     await env.createIamRole("az_app");
     env.azureRoles.set("az_app", "client-a");
     log(
-      `${cfg.clients} clients, pool_size ${cfg.poolSize}, session mode, server_lifetime ${cfg.serverLifetimeMs} ms, ${cfg.seconds} s per run`,
+      `workers = ${cfg.workers}, ${cfg.clients} clients, pool_size ${cfg.poolSize}, session mode, server_lifetime ${cfg.serverLifetimeMs} ms, ${cfg.seconds} s per run`,
     );
     const results = [];
     for (const [label, off] of [

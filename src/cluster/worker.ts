@@ -137,7 +137,9 @@ export class WorkerLink {
       const { pid, secret } = body as { pid: number; secret: number };
       this.handlers?.cancel(pid, secret);
     } else if (type === "shutdown") {
-      this.handlers?.shutdown(String(body));
+      // Not serving yet (still starting): nothing to drain.
+      if (this.handlers === null) process.exit(0);
+      this.handlers.shutdown(String(body));
     }
   }
 }
