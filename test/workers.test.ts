@@ -68,9 +68,28 @@ describe("workers = 2", () => {
 
   const admin = () => connect(pw, ADMIN.user, ADMIN.password, "admin");
 
+  /**
+   * At least `n` clients, and at least one on each worker. node:cluster's round-robin alternates
+   * workers; with reusePort (Node 22.12+) the kernel picks by connection hash, so keep
+   * connecting until both workers have one.
+   */
+  async function clientsOnBothWorkers(n: number) {
+    const clients = [];
+    while (clients.length < n || new Set(clients.map(workerOf)).size < 2) {
+      if (clients.length >= 40) throw new Error("40 connections, all on one worker");
+      clients.push(await connect(pw, "app", "client-pw", "appdb"));
+    }
+    return clients;
+  }
+
   it("runs the primary and two workers, and logs listening once", async () => {
     expect(workerPids(pw)).toHaveLength(2);
     expect(pw.logs().filter((l) => l.includes('"msg":"listening"'))).toHaveLength(1);
+    // reusePort where the runtime has it (Node 22.12+, 23.1+), node:cluster's round-robin before
+    const [major = 0, minor = 0] = process.versions.node.split(".").map(Number);
+    const reusePort = major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+    const listening = await pw.waitForLog((l) => l.msg === "listening");
+    expect(listening.accept).toBe(reusePort ? "reusePort" : "cluster round-robin");
   });
 
   it("cancels a query whose CancelRequest lands on the other worker", async () => {
@@ -85,7 +104,7 @@ describe("workers = 2", () => {
         .logs()
         .slice(from)
         .filter((l) => l.includes("routed to the worker that owns")).length;
-    for (let i = 0; i < 4 || (i < 12 && (owners.size < 2 || routed() === 0)); i++) {
+    for (let i = 0; i < 4 || (i < 24 && (owners.size < 2 || routed() === 0)); i++) {
       const victim = await connect(pw, "app", "client-pw", "appdb");
       // biome-ignore lint/suspicious/noExplicitAny: node-pg internals carry the key
       const { processID, secretKey } = victim as any as { processID: number; secretKey: number };
@@ -123,22 +142,32 @@ describe("workers = 2", () => {
   });
 
   it("SHOW POOLS, SHOW CLIENTS and /metrics cover every worker", async () => {
-    const clients = [];
-    for (let i = 0; i < 4; i++) clients.push(await connect(pw, "app", "client-pw", "appdb"));
+    const clients = await clientsOnBothWorkers(4);
+    // each worker's share of the pool (4 + 4) must hold its clients' transactions
+    for (const w of [0, 1])
+      while (clients.filter((c) => workerOf(c) === w).length > 4)
+        await clients
+          .splice(
+            clients.findIndex((c) => workerOf(c) === w),
+            1,
+          )[0]
+          ?.end();
     for (const c of clients) await c.query("begin; select 1");
-    expect(new Set(clients.map(workerOf)).size).toBe(2);
+    const n = clients.length;
     const a = await admin();
     const pools = (await a.query("show pools")).rows.filter((r) => r.user === "app");
     expect(pools).toHaveLength(1);
-    expect(pools[0].cl_active).toBe(4);
-    expect(pools[0].sv_active).toBe(4);
+    expect(pools[0].cl_active).toBe(n);
+    expect(pools[0].sv_active).toBe(n);
     const rows = (await a.query("show clients")).rows.filter((r) => r.user === "app");
-    expect(rows).toHaveLength(4);
+    expect(rows).toHaveLength(n);
     expect(new Set(rows.map((r) => r.worker))).toEqual(new Set([0, 1]));
     const servers = (await a.query("show servers")).rows.filter((r) => r.state === "active");
     expect(new Set(servers.map((r) => r.worker))).toEqual(new Set([0, 1]));
     const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-    expect(body).toMatch(/^pgwarden_pool_clients_active\{[^}]*user="app"[^}]*\} 4$/m);
+    expect(body).toMatch(
+      new RegExp(`^pgwarden_pool_clients_active\\{[^}]*user="app"[^}]*\\} ${n}$`, "m"),
+    );
     // pool_size is split 4 + 4 and summed back.
     expect(body).toMatch(/^pgwarden_pool_size\{[^}]*user="app"[^}]*\} 8$/m);
     for (const c of clients) {
@@ -151,9 +180,7 @@ describe("workers = 2", () => {
   it("PAUSE and RESUME act on every worker", async () => {
     const a = await admin();
     await a.query("pause appdb");
-    const clients = [];
-    for (let i = 0; i < 2; i++) clients.push(await connect(pw, "app", "client-pw", "appdb"));
-    expect(new Set(clients.map(workerOf)).size).toBe(2);
+    const clients = await clientsOnBothWorkers(2);
     const results = clients.map((c) => c.query("select 1 as x").then(() => Date.now()));
     await sleep(500);
     const resumedAt = Date.now();
@@ -200,8 +227,7 @@ describe("workers = 2", () => {
   it("a SIGKILLed worker is replaced: its clients get an error, new clients are served", async () => {
     const before = workerPids(pw);
     expect(before).toHaveLength(2);
-    const clients = [];
-    for (let i = 0; i < 4; i++) clients.push(await connect(pw, "app", "client-pw", "appdb"));
+    const clients = await clientsOnBothWorkers(4);
     const errors = clients.map(
       (c) =>
         new Promise<string>((resolve) => {
@@ -234,9 +260,7 @@ describe("workers = 2", () => {
       const now = workerPids(pw);
       return now.length === 2 && !now.includes(victimPid);
     }, "a replacement worker");
-    const fresh = [];
-    for (let i = 0; i < 4; i++) fresh.push(await connect(pw, "app", "client-pw", "appdb"));
-    expect(new Set(fresh.map(workerOf))).toEqual(new Set([0, 1]));
+    const fresh = await clientsOnBothWorkers(4);
     for (const c of fresh) expect((await c.query("select 3 as x")).rows[0].x).toBe(3);
     for (const c of [...fresh, ...onOther]) await c.end();
   }, 60_000);
