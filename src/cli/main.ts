@@ -14,7 +14,7 @@ import {
   CredentialEngine,
   RemoteCredentialEngine,
 } from "../credentials/index.js";
-import { Frontend, type StatementRegistry } from "../frontend/index.js";
+import { Frontend, type StatementRegistry, setMockSecret } from "../frontend/index.js";
 import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
 import { PoolRegistry } from "../pool/index.js";
 import { createLogger, errorMessage, type Logger } from "../util/index.js";
@@ -79,6 +79,11 @@ async function main(): Promise<void> {
       env: process.env,
     });
     return;
+  }
+  if (identity?.mockSecret) {
+    setMockSecret(identity.mockSecret);
+    // Not for anything this process starts (a `command` provider runs in the primary anyway).
+    delete process.env.PGWARDEN_MOCK_SECRET;
   }
   const link = identity ? new WorkerLink(identity.index, identity.count, logger) : null;
   await runInstance(config, logger, link, identity?.reusePort ?? false, () =>

@@ -25,6 +25,7 @@
 // outlives its primary.
 
 import cluster, { type Worker } from "node:cluster";
+import { randomBytes } from "node:crypto";
 import { AggregatorRegistry } from "prom-client";
 import type { Config } from "../config/index.js";
 import {
@@ -40,6 +41,7 @@ import { mergeSnapshots, type WorkerSnapshot } from "./snapshots.js";
 
 export const WORKER_INDEX_ENV = "PGWARDEN_WORKER_INDEX";
 export const WORKER_COUNT_ENV = "PGWARDEN_WORKERS";
+export const MOCK_SECRET_ENV = "PGWARDEN_MOCK_SECRET";
 
 /** Whether this runtime's net.Server.listen takes `reusePort` (Node 22.12+, 23.1+). */
 export function hasReusePort(version = process.versions.node): boolean {
@@ -89,6 +91,8 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
   let listenAddress: { host: string; port: number } | null = null;
   const reusePort = hasReusePort();
   let releaseWarm = () => {};
+  // One mock-SCRAM secret for the instance (frontend/client-auth.ts), handed to each worker.
+  const mockSecret = randomBytes(32).toString("hex");
 
   cluster.setupPrimary({ serialization: "advanced" });
 
@@ -214,6 +218,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
       [WORKER_INDEX_ENV]: String(index),
       [WORKER_COUNT_ENV]: String(n),
       PGWARDEN_REUSE_PORT: reusePort ? "1" : "0",
+      [MOCK_SECRET_ENV]: mockSecret,
     });
     slot.worker = worker;
     slot.ready = false;

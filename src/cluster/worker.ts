@@ -16,7 +16,7 @@ import type { CredentialRequest, CredentialTransport } from "../credentials/inde
 import type { CancelRouting } from "../frontend/index.js";
 import type { Logger } from "../util/index.js";
 import { Channel, type Endpoint } from "./ipc.js";
-import { WORKER_COUNT_ENV, WORKER_INDEX_ENV } from "./primary.js";
+import { MOCK_SECRET_ENV, WORKER_COUNT_ENV, WORKER_INDEX_ENV } from "./primary.js";
 import type { InstanceSnapshot, WorkerSnapshot } from "./snapshots.js";
 
 /** What the primary may ask of this worker; the composition root implements it. */
@@ -35,11 +35,17 @@ export interface WorkerHandlers {
 /** This process's worker index and the instance's worker count, or null in a single process. */
 export function workerIdentity(
   env: Readonly<Record<string, string | undefined>> = process.env,
-): { index: number; count: number; reusePort: boolean } | null {
+): { index: number; count: number; reusePort: boolean; mockSecret: Buffer | null } | null {
   const index = env[WORKER_INDEX_ENV];
   const count = env[WORKER_COUNT_ENV];
   if (index === undefined || count === undefined || process.send === undefined) return null;
-  return { index: Number(index), count: Number(count), reusePort: env.PGWARDEN_REUSE_PORT === "1" };
+  const secret = env[MOCK_SECRET_ENV];
+  return {
+    index: Number(index),
+    count: Number(count),
+    reusePort: env.PGWARDEN_REUSE_PORT === "1",
+    mockSecret: secret ? Buffer.from(secret, "hex") : null,
+  };
 }
 
 export class WorkerLink {

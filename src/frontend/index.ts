@@ -1,3 +1,4 @@
+export { setMockSecret } from "./client-auth.js";
 export type { FrontendContext } from "./client-session.js";
 export { ClientSession } from "./client-session.js";
 export type { CancelRouting, ClientView, ListenAddress } from "./frontend.js";
