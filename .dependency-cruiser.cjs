@@ -2,9 +2,11 @@
 // and only through their index.ts. `lib` (the library entry point, `import … from "pgwarden"`)
 // is a second top: nothing imports it, and it reaches only the credential engine and what that
 // needs (credentials, config, util), never the proxy's layers.
-const order = ["cli", "lib", "admin", "metrics", "frontend", "pool", "backend", "credentials", "config", "protocol", "util"];
+// cluster (workers > 1, design §6) sits right under cli: it wires processes around the layers
+// below it (credentials host, admin over IPC, metrics aggregation) and nothing below imports it.
+const order = ["cli", "lib", "cluster", "admin", "metrics", "frontend", "pool", "backend", "credentials", "config", "protocol", "util"];
 const extraForbidden = {
-  lib: ["admin", "metrics", "frontend", "pool", "backend", "protocol"],
+  lib: ["cluster", "admin", "metrics", "frontend", "pool", "backend", "protocol"],
   admin: ["frontend", "backend"],
   frontend: ["backend", "credentials"],
   pool: ["frontend", "admin", "metrics"],

@@ -9,7 +9,9 @@
 // provider calls, client errors, connects, and p50/p99 of the time a client waits to connect.
 //
 // Knobs: BENCH_SECONDS (60), BENCH_CLIENTS (40), BENCH_POOL_SIZE (20), BENCH_FETCH_MS (2000),
-// BENCH_TOKEN_SECONDS (20), BENCH_SERVER_LIFETIME_MS (3000). BENCH_NODE: the `node` that
+// BENCH_TOKEN_SECONDS (20), BENCH_SERVER_LIFETIME_MS (3000), BENCH_WORKERS (1: pgwarden's
+// `workers`; with 2 the engine still runs once, in the primary, so provider calls per identity
+// should not change: `BENCH_WORKERS=2 npm run bench:credentials`). BENCH_NODE: the `node` that
 // `npm run bench:credentials` runs this with (and pgwarden, started with process.execPath),
 // default the first on PATH; for Node.js 24, BENCH_NODE="$(bash .ci/node24)/node".
 import { rmSync } from "node:fs";
@@ -24,6 +26,7 @@ const cfg = {
   fetchMs: num("BENCH_FETCH_MS", 2000),
   tokenSeconds: num("BENCH_TOKEN_SECONDS", 20),
   serverLifetimeMs: num("BENCH_SERVER_LIFETIME_MS", 3000),
+  workers: num("BENCH_WORKERS", 1),
 };
 const log = (m) => process.stderr.write(`[bench:credentials] ${m}\n`);
 
@@ -41,6 +44,7 @@ async function run(h, env, label, cacheOff) {
       server_lifetime: cfg.serverLifetimeMs,
       checkout_timeout: 60_000,
       token_fetch_timeout: 30_000,
+      workers: cfg.workers,
     },
     databases: [
       { name: "appdb", host: "127.0.0.1", port: env.cluster.port, database_name: "postgres" },
@@ -116,7 +120,7 @@ async function main() {
     await env.createIamRole("az_app");
     env.azureRoles.set("az_app", "client-a");
     log(
-      `${cfg.clients} clients, pool_size ${cfg.poolSize}, session mode, server_lifetime ${cfg.serverLifetimeMs} ms, ${cfg.seconds} s per run`,
+      `workers = ${cfg.workers}, ${cfg.clients} clients, pool_size ${cfg.poolSize}, session mode, server_lifetime ${cfg.serverLifetimeMs} ms, ${cfg.seconds} s per run`,
     );
     const results = [];
     for (const [label, off] of [

@@ -57,7 +57,8 @@
 // Knobs (environment):
 //   BENCH_SECONDS          seconds per standard pgbench run (-T)                default 15
 //   BENCH_TARGETS          comma list of pgwarden, pgbouncer-latest, pgbouncer-system, direct,
-//                          pgwarden-b (pgbouncer = both PgBouncers)   default all but pgwarden-b
+//                          pgwarden-2w, pgwarden-b (pgbouncer = both PgBouncers)
+//                                                      default all but pgwarden-2w and -b
 //   BENCH_B_MAIN, BENCH_B_ENV  pgwarden-b runs this dist/cli/main.js and/or with these
 //                          variables ("NAME=value,..."): an A/B of two builds or settings
 //   BENCH_WORKLOADS        comma list of select-only, tpcb-like; none = no standard rows
@@ -72,6 +73,9 @@
 //   BENCH_RESTART_SECONDS  -T of the restart rows                               default 30
 //   BENCH_RESTART_DOWN_MS  extra time the server stays down                     default 0
 //   BENCH_JSON             also write config, machine, every run and the tables to this file
+//   BENCH_IDLE_CLIENTS     idle-client rows: this many logged-in idle clients per pgwarden
+//                          target (auth_type = trust), RSS summed over the instance's
+//                          processes; 0 = none                                 default 0
 //   PGBOUNCER_LATEST_BIN   pgbouncer-latest's binary, else .tmp/pgbouncer-latest/bin/pgbouncer
 //                          in this repository; without one the target is skipped (build it with
 //                          `bash ../shared/tools/build-pgbouncer.sh <pgbouncer git dir>` from
@@ -85,6 +89,18 @@
 //                          BENCH_NODE="$(bash .ci/node24)/node" npm run bench (.ci/node24
 //                          installs it from the npm registry into .tmp/node24); or put its
 //                          directory first on PATH. The machine's node (20) works as well.
+//
+// Workers (design §6). BENCH_TARGETS also takes pgwarden-2w: pgwarden with `workers = 2` (a
+// primary and two workers; its CPU and RSS are summed over all three processes, as for any
+// target's process tree). Only the worker rows:
+//   1 vs 2 workers, select-only c=200 (TPS, failed, CPU µs/txn of every pgwarden process):
+//     BENCH_TARGETS=pgwarden,pgwarden-2w BENCH_WORKLOADS=select-only BENCH_CLIENTS=200 \
+//       BENCH_RESTART=0 npm run bench
+//   RSS with 10,000 idle clients, 1 and 2 workers (no pgbench rows):
+//     BENCH_TARGETS=pgwarden,pgwarden-2w BENCH_WORKLOADS=none BENCH_RESTART=0 \
+//       BENCH_IDLE_CLIENTS=10000 npm run bench
+//   Provider calls per identity with 2 workers: BENCH_WORKERS=2 npm run bench:credentials
+// `node bench/pgbench.mjs --help` prints this text.
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -93,7 +109,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { ROOT, transpileTestSupport } from "./test-modules.mjs";
 
 const PASSWORD = "bench-password";
-const TARGETS = ["pgwarden", "pgwarden-b", "pgbouncer-latest", "pgbouncer-system", "direct"];
+const TARGETS = ["pgwarden", "pgbouncer-latest", "pgbouncer-system", "direct"];
+/** Targets run only when named in BENCH_TARGETS: pgwarden with `workers = 2`, and pgwarden-b (A/B). */
+const EXTRA_TARGETS = ["pgwarden-2w", "pgwarden-b"];
 const WORKLOADS = ["select-only", "tpcb-like"];
 const PROTOCOLS = ["simple", "extended", "prepared"];
 const RESTART_CLIENTS = 20;
@@ -126,8 +144,9 @@ function readConfig() {
     seconds: positive("BENCH_SECONDS", 15),
     targets: [
       ...new Set(
-        list("BENCH_TARGETS", TARGETS.filter((t) => t !== "pgwarden-b").join(","), [
+        list("BENCH_TARGETS", TARGETS.join(","), [
           ...TARGETS,
+          ...EXTRA_TARGETS,
           "pgbouncer",
         ]).flatMap((t) => (t === "pgbouncer" ? ["pgbouncer-latest", "pgbouncer-system"] : [t])),
       ),
@@ -150,7 +169,19 @@ function readConfig() {
     restartSeconds: positive("BENCH_RESTART_SECONDS", 30),
     restartDownMs: positive("BENCH_RESTART_DOWN_MS", 0, { zero: true }),
     json: env("BENCH_JSON", ""),
+    idleClients: positive("BENCH_IDLE_CLIENTS", 0, { zero: true }),
   };
+}
+
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  const text = readFileSync(new URL(import.meta.url), "utf8").split("\n");
+  const head = [];
+  for (const line of text.slice(1)) {
+    if (!line.startsWith("//")) break;
+    head.push(line.replace(/^\/\/ ?/, ""));
+  }
+  process.stdout.write(`${head.join("\n")}\n`);
+  process.exit(0);
 }
 
 let cfg;
@@ -191,6 +222,7 @@ function procTable() {
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     table.set(Number(name), {
       ppid: Number(f[1]),
+      rssPages: Number(f[21]),
       user: Number(f[11]) + Number(f[13]),
       sys: Number(f[12]) + Number(f[14]),
     });
@@ -220,6 +252,134 @@ function treeCpu(pid) {
     stack.push(...(children.get(p) ?? []));
   }
   return { at: Date.now(), user: (user * 1e6) / CLK_TCK, sys: (sys * 1e6) / CLK_TCK };
+}
+
+const PAGE_SIZE = (() => {
+  try {
+    return Number(execFileSync("getconf", ["PAGESIZE"], { encoding: "utf8" }).trim()) || 4096;
+  } catch {
+    return 4096;
+  }
+})();
+
+/** Resident memory (bytes) of `pid` and all its descendants, and how many processes that is. */
+function treeRss(pid) {
+  const table = procTable();
+  const children = new Map();
+  for (const [p, e] of table) {
+    const kids = children.get(e.ppid) ?? [];
+    kids.push(p);
+    children.set(e.ppid, kids);
+  }
+  let bytes = 0;
+  let processes = 0;
+  for (const stack = [pid]; stack.length > 0; ) {
+    const p = stack.pop();
+    const e = table.get(p);
+    if (!e) continue;
+    bytes += e.rssPages * PAGE_SIZE;
+    processes++;
+    stack.push(...(children.get(p) ?? []));
+  }
+  return { bytes, processes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle clients (BENCH_IDLE_CLIENTS)
+
+/** A logged-in client that then sits idle: StartupMessage, read up to ReadyForQuery. */
+function idleClient(net, host, port) {
+  return new Promise((resolve, reject) => {
+    const user = "bench";
+    const body = Buffer.from(`user\0${user}\0database\0bench\0application_name\0idle\0\0`);
+    const startup = Buffer.alloc(8 + body.length);
+    startup.writeInt32BE(startup.length, 0);
+    startup.writeInt32BE(196608, 4);
+    body.copy(startup, 8);
+    const socket = net.connect({ host, port }, () => socket.write(startup));
+    let buf = Buffer.alloc(0);
+    const fail = (err) => {
+      socket.destroy();
+      reject(err);
+    };
+    socket.on("error", fail);
+    socket.on("data", (chunk) => {
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      while (buf.length >= 5) {
+        const len = buf.readInt32BE(1);
+        if (buf.length < len + 1) break;
+        const type = String.fromCharCode(buf[0]);
+        if (type === "E") return fail(new Error(buf.subarray(5, len + 1).toString("latin1")));
+        if (type === "R" && buf.readInt32BE(5) !== 0)
+          return fail(new Error("idle-client row needs auth_type = trust"));
+        buf = buf.subarray(len + 1);
+        if (type === "Z") {
+          socket.removeAllListeners("data");
+          return resolve(socket);
+        }
+      }
+    });
+  });
+}
+
+/**
+ * RSS of a pgwarden instance (every process) before and with `n` idle logged-in clients in
+ * transaction mode. Clients log in with auth_type = trust: the row measures what an idle client
+ * costs to hold, not SCRAM's CPU. Logins go 200 at a time.
+ */
+async function idleRow(h, cluster, workers, n) {
+  const net = await import("node:net");
+  const pw = await h.pgwarden.startPgwarden({
+    general: {
+      pooler_mode: "transaction",
+      auth_type: "trust",
+      workers,
+      max_client_connections: n + 100,
+      client_login_timeout: 0,
+    },
+    databases: [{ name: "bench", host: cluster.host, port: cluster.port, database_name: "bench" }],
+    users: [
+      { name: "bench", database: "bench", server_password: PASSWORD, pool_size: cfg.poolSize },
+    ],
+  });
+  const sockets = [];
+  try {
+    await sleep(1000);
+    const before = treeRss(pw.proc.pid);
+    const t0 = Date.now();
+    let failed = 0;
+    let firstError = "";
+    for (let i = 0; i < n; i += 200) {
+      const batch = await Promise.allSettled(
+        Array.from({ length: Math.min(200, n - i) }, () => idleClient(net, pw.host, pw.port)),
+      );
+      for (const b of batch) {
+        if (b.status === "fulfilled") sockets.push(b.value);
+        else {
+          failed++;
+          firstError ||= b.reason?.message ?? String(b.reason);
+        }
+      }
+    }
+    const loginSeconds = (Date.now() - t0) / 1000;
+    await sleep(2000);
+    const after = treeRss(pw.proc.pid);
+    return {
+      target: workers === 1 ? "pgwarden" : `pgwarden-${workers}w`,
+      workers,
+      clients: sockets.length,
+      failed,
+      firstError,
+      processes: after.processes,
+      rssBeforeMb: before.bytes / 2 ** 20,
+      rssMb: after.bytes / 2 ** 20,
+      kbPerClient: (after.bytes - before.bytes) / 1024 / Math.max(1, sockets.length),
+      loginSeconds,
+    };
+  } finally {
+    for (const s of sockets) s.destroy();
+    await pw.stop();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,7 +429,8 @@ async function startTargets(h, cluster, started) {
     });
   };
   for (const key of cfg.targets) {
-    if (key === "pgwarden" || key === "pgwarden-b") {
+    if (key === "pgwarden" || key === "pgwarden-b" || key === "pgwarden-2w") {
+      const workers = key === "pgwarden-2w" ? 2 : 1;
       // pgwarden-b: the same with BENCH_B_MAIN (another build's dist/cli/main.js) and/or
       // BENCH_B_ENV ("NAME=value,..."), for an A/B of two builds or settings in one run
       const b = key === "pgwarden-b";
@@ -292,6 +453,8 @@ async function startTargets(h, cluster, started) {
           pooler_mode: "transaction",
           default_pool_size: cfg.poolSize,
           checkout_timeout: 120_000,
+          // (only when set: an older build of pgwarden-b may not know the key)
+          ...(workers > 1 ? { workers } : {}),
         },
         databases: [
           { name: "bench", host: cluster.host, port: cluster.port, database_name: "bench" },
@@ -761,6 +924,19 @@ async function main() {
         log(`restart row ${target.name}: ${describe(row)}, restart took ${row.restartMs} ms`);
       }
     }
+    // idle-client rows
+    const idle = [];
+    if (cfg.idleClients > 0) {
+      for (const key of cfg.targets.filter((t) => t.startsWith("pgwarden"))) {
+        const workers = key === "pgwarden-2w" ? 2 : 1;
+        log(`idle row ${key}: ${cfg.idleClients} idle clients`);
+        const row = await idleRow(h, cluster, workers, cfg.idleClients);
+        idle.push(row);
+        log(
+          `idle row ${key}: ${row.clients} clients, RSS ${fmt(row.rssMb)} MB over ${row.processes} processes (${fmt(row.rssBeforeMb)} MB before), ${row.failed} failed`,
+        );
+      }
+    }
     info.loadEnd = os.loadavg().map((l) => l.toFixed(2));
 
     // report
@@ -801,6 +977,37 @@ async function main() {
       const p = problems(restart, (r) => r.target);
       if (p.length) out.push("", "pgbench errors:", ...p);
     }
+    if (idle.length > 0) {
+      out.push(
+        "",
+        `idle clients: ${cfg.idleClients} logged-in clients (auth_type = trust) left idle, transaction mode, pool size ${cfg.poolSize}; RSS summed over every process of the instance (primary and workers)`,
+        "",
+        table(
+          [
+            "target",
+            "processes",
+            "idle clients",
+            "failed",
+            "RSS before (MB)",
+            "RSS (MB)",
+            "KB/client",
+            "logins (s)",
+          ],
+          idle.map((r) => [
+            r.target,
+            String(r.processes),
+            String(r.clients),
+            String(r.failed),
+            fmt(r.rssBeforeMb),
+            fmt(r.rssMb),
+            fmt(r.kbPerClient, 1),
+            fmt(r.loginSeconds, 1),
+          ]),
+        ),
+      );
+      for (const r of idle)
+        if (r.firstError) out.push(`${r.target}: first login error: ${r.firstError}`);
+    }
     if (notes.length) out.push("", ...notes);
     process.stdout.write(`${out.join("\n")}\n`);
 
@@ -815,6 +1022,7 @@ async function main() {
             notes,
             standard,
             restart,
+            idle,
             runs,
           },
           null,

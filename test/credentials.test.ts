@@ -42,7 +42,16 @@ async function pooler(
 ) {
   const pw = await startPgwarden({
     // trace: the no-secret check at the end covers every log level.
-    general: { tls_verify: "prefer", token_fetch_timeout: 10_000, log_level: "trace", ...general },
+    // These tests count server logins against one pool's pre-opened servers (a holder takes the
+    // only one, the next client must log in); with workers each worker has its share of the
+    // pool, so they pin one process. Workers' credential behaviour: test/workers.test.ts.
+    general: {
+      workers: 1,
+      tls_verify: "prefer",
+      token_fetch_timeout: 10_000,
+      log_level: "trace",
+      ...general,
+    },
     databases,
     users: users.map((u) => ({ database: "appdb", password: "pw", ...u })),
     env: env.childEnv(),

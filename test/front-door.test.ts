@@ -190,7 +190,8 @@ describe("largest message", () => {
 describe("connections that do not log in", () => {
   let pw: Pgwarden;
   beforeAll(async () => {
-    pw = await pooler({ client_login_timeout: 700, max_client_connections: 6 });
+    // max_client_connections bounds each worker (docs/workers.md): one process here.
+    pw = await pooler({ client_login_timeout: 700, max_client_connections: 6, workers: 1 });
   });
 
   it("a silent connection is closed after client_login_timeout, without a word", async () => {
@@ -243,7 +244,8 @@ describe("connections that do not log in", () => {
 describe("out of file descriptors", () => {
   it("a flood past the open-file limit is refused with 53300, never a crash; logged-in clients untouched", async () => {
     const pw = await pooler(
-      { max_client_connections: 1000, client_login_timeout: 0 },
+      // The open-file limit is per process, the room it leaves too: one process here.
+      { max_client_connections: 1000, client_login_timeout: 0, workers: 1 },
       // 256, not less: loading pgwarden's modules (the cloud SDKs) opens files in parallel
       { prefix: ["prlimit", "--nofile=256:256", "--"] },
     );

@@ -207,6 +207,9 @@ interface Env {
 async function startPooler(): Promise<Pgwarden> {
   return startPgwarden({
     general: {
+      // The fuzz states hold every server of the pool in BEGIN and watch one process's RSS:
+      // exact per-process pool accounting, so one process even under PGWARDEN_TEST_WORKERS.
+      workers: 1,
       pooler_mode: "transaction",
       auth_type: "scram",
       checkout_timeout: 60_000,

@@ -278,6 +278,11 @@ async function pooler(
   const pw = await startPgwarden({
     admin: ADMIN,
     general: {
+      // Schedules here count from "listening" (outage windows, SHOW CREDENTIALS states) and
+      // rejected-secret logins count one pool's servers: one process. With workers the primary
+      // fetches before its workers start, seconds before "listening". Workers' credential
+      // behaviour: test/workers.test.ts and `BENCH_WORKERS=2 npm run bench:credentials`.
+      workers: 1,
       tls_verify: "prefer",
       token_fetch_timeout: 8000,
       checkout_timeout: 20_000,

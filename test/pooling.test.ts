@@ -25,7 +25,10 @@ async function pooler(
   general: Record<string, unknown> = {},
 ) {
   const pw = await startPgwarden({
-    general,
+    // Exact pool accounting (a pool of 1 shared between clients, FIFO waiters, min_pool_size
+    // servers at start) is per process: with workers each worker has its share of pool_size
+    // (docs/workers.md), so these tests pin one process even under PGWARDEN_TEST_WORKERS.
+    general: { workers: 1, ...general },
     databases: [{ name: "pooldb", host: cluster.host, port: cluster.port }],
     users: users.map((u) => ({
       database: "pooldb",

@@ -23,6 +23,8 @@ export interface ClientSnapshot {
   readonly serverPid: number;
   readonly tls: boolean;
   readonly applicationName: string;
+  /** The worker process serving the client (workers > 1); absent with one process. */
+  readonly worker?: number;
 }
 
 /** One instance-wide named prepared statement, as SHOW PREPARED lists it. */

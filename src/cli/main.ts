@@ -1,16 +1,23 @@
 #!/usr/bin/env node
 // The composition root: argv and env, config, wiring, signals.
 
+import cluster from "node:cluster";
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { type AdminContext, executeAdmin } from "../admin/index.js";
+import { runPrimary, WorkerLink, workerConfig, workerIdentity } from "../cluster/index.js";
 import { type Config, ConfigError, diffConfig, loadConfig, RESTART_KEYS } from "../config/index.js";
-import { CredentialEngine } from "../credentials/index.js";
-import { Frontend, type StatementRegistry } from "../frontend/index.js";
+import {
+  type CredentialBroker,
+  CredentialEngine,
+  RemoteCredentialEngine,
+} from "../credentials/index.js";
+import { Frontend, type StatementRegistry, setMockSecret } from "../frontend/index.js";
 import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
 import { PoolRegistry } from "../pool/index.js";
-import { createLogger, errorMessage } from "../util/index.js";
+import { createLogger, errorMessage, type Logger } from "../util/index.js";
 
 const USAGE = `usage: pgwarden [--config pgwarden.toml] [--users users.toml]
 
@@ -57,7 +64,34 @@ async function main(): Promise<void> {
     throw err;
   }
 
-  const logger = createLogger(config.general.log_level);
+  const identity = workerIdentity();
+  const base = createLogger(config.general.log_level);
+  const logger = identity ? base.child({ worker: identity.index }) : base;
+  const workers = config.general.workers === 0 ? availableParallelism() : config.general.workers;
+  if (identity === null && cluster.isPrimary && workers > 1) {
+    // Several processes, one instance (design §6): this one supervises, the workers serve.
+    await runPrimary({
+      config,
+      workers,
+      load: () => loadConfig(configPath, usersPath, process.env),
+      logger,
+      engine: makeEngine(config, logger),
+      env: process.env,
+    });
+    return;
+  }
+  if (identity?.mockSecret) {
+    setMockSecret(identity.mockSecret);
+    // Not for anything this process starts (a `command` provider runs in the primary anyway).
+    delete process.env.PGWARDEN_MOCK_SECRET;
+  }
+  const link = identity ? new WorkerLink(identity.index, identity.count, logger) : null;
+  await runInstance(config, logger, link, identity?.reusePort ?? false, () =>
+    loadConfig(configPath, usersPath, process.env),
+  );
+}
+
+function makeEngine(config: Config, logger: Logger): CredentialEngine {
   const engine = new CredentialEngine({
     refreshBuffer: config.general.token_refresh_buffer,
     fetchTimeout: config.general.token_fetch_timeout,
@@ -69,14 +103,39 @@ async function main(): Promise<void> {
     logger.warn(
       "PGWARDEN_TOKEN_CACHE=off: every server login fetches its own token (benchmark baseline)",
     );
+  return engine;
+}
+
+/**
+ * One serving process: the whole instance (workers = 1, no cluster at all), or one worker of
+ * several (`link` set), which serves its share of every pool and leaves credentials, signals and
+ * the metrics endpoint to the primary.
+ */
+async function runInstance(
+  loaded: Config,
+  logger: Logger,
+  link: WorkerLink | null,
+  reusePort: boolean,
+  load: () => Config,
+): Promise<void> {
+  let config = loaded;
+  /** What this process runs: the config, with pool sizes cut to this worker's share. */
+  const share = (c: Config) => (link ? workerConfig(c, link.index, link.count) : c);
+  const local = link ? null : makeEngine(config, logger);
+  const engine: CredentialBroker =
+    local ?? new RemoteCredentialEngine((link as WorkerLink).credentials);
   let registry: PoolRegistry;
   try {
-    registry = new PoolRegistry(config, logger, engine, process.env);
+    registry = new PoolRegistry(share(config), logger, engine, process.env);
   } catch (err) {
     process.stderr.write(`pgwarden: ${errorMessage(err)}\n`);
     process.exit(2);
   }
-  const frontend = new Frontend(config, registry, logger);
+  const frontend = new Frontend(share(config), registry, logger);
+  if (link) {
+    frontend.cancelRouting = link.cancelRouting();
+    frontend.reusePort = reusePort;
+  }
 
   const stopHooks: Array<() => Promise<void>> = [];
   let stopping = false;
@@ -87,32 +146,37 @@ async function main(): Promise<void> {
     frontend.stopAccepting();
     await frontend.drainClients(config.general.shutdown_timeout);
     registry.closeAll("pgwarden shutting down");
-    engine.stopAll();
+    local?.stopAll();
     for (const hook of stopHooks) await hook().catch(() => {});
     logger.info("shutdown complete");
     logger.flush?.();
     setTimeout(() => process.exit(0), 50).unref();
   };
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
-  process.on("SIGINT", () => void shutdown("SIGINT"));
+  if (!link) {
+    process.on("SIGTERM", () => void shutdown("SIGTERM"));
+    process.on("SIGINT", () => void shutdown("SIGINT"));
+  }
   /** Reads and validates both files; applies them as a diff, or changes nothing. */
-  let reloading: Promise<string> | null = null;
-  const reload = (trigger: string): Promise<string> => {
+  let reloading: Promise<{ text: string; fields: Record<string, unknown> }> | null = null;
+  const reloadHere = (trigger: string) => {
     reloading ??= (async () => {
       try {
-        const next = loadConfig(configPath, usersPath, process.env);
+        const next = load();
         // Everything that can fail is read before anything is applied.
         const tlsContext = Frontend.tlsContextFor(next);
-        const result = await registry.reload(next);
-        frontend.applyConfig(next, tlsContext);
+        const result = await registry.reload(share(next));
+        frontend.applyConfig(share(next), tlsContext);
         const changedGeneral = diffConfig(config, next).general;
         const needsRestart = changedGeneral.filter((k) => RESTART_KEYS.has(k));
         config = next;
+        const fields = { ...result, general: changedGeneral, needs_restart: needsRestart };
+        // With workers, the primary logs "configuration reloaded" once every worker has.
         logger.info(
-          { trigger, ...result, general: changedGeneral, needs_restart: needsRestart },
-          "configuration reloaded",
+          { trigger, ...fields },
+          link ? "worker configuration reloaded" : "configuration reloaded",
         );
-        return `reloaded: ${result.added.length} added, ${result.removed.length} removed, ${result.replaced.length} replaced, ${result.resized.length} resized, ${result.kept.length} unchanged`;
+        const text = `reloaded: ${result.added.length} added, ${result.removed.length} removed, ${result.replaced.length} replaced, ${result.resized.length} resized, ${result.kept.length} unchanged`;
+        return { text, fields };
       } catch (err) {
         logger.error(
           { trigger, err: errorMessage(err) },
@@ -125,17 +189,48 @@ async function main(): Promise<void> {
     });
     return reloading;
   };
-  process.on("SIGHUP", () => void reload("SIGHUP").catch(() => {}));
+  const reload = (trigger: string): Promise<string> => reloadHere(trigger).then((r) => r.text);
+  if (!link) process.on("SIGHUP", () => void reload("SIGHUP").catch(() => {}));
+
+  const pause = async (database?: string) => {
+    await Promise.all(registry.select(database).map((p) => p.pause()));
+  };
+  const resume = (database?: string) => {
+    for (const p of registry.select(database)) p.resume();
+  };
+  const reconnect = (database?: string) => {
+    for (const p of registry.select(database)) p.reconnect();
+  };
+  const metricsSource = {
+    pools: () => registry.snapshots(),
+    credentials: () => local?.snapshot() ?? [],
+    clients: () => frontend.clientCounts(),
+    prepared: () => ({ statements: frontend.statements.size, ...frontend.statements.stats }),
+  };
+  if (link) {
+    // Scraped by the primary, which serves /metrics for the whole instance.
+    const { registry: metricsRegistry } = createMetrics(metricsSource);
+    link.serve({
+      snapshot: () => ({
+        pools: registry.snapshots(),
+        servers: registry.servers(),
+        clients: frontend.clientSnapshots(),
+        prepared: preparedSnapshot(frontend.statements),
+      }),
+      reload: (trigger) => reloadHere(trigger),
+      pause,
+      resume,
+      reconnect,
+      metrics: () => metricsRegistry.getMetricsAsJSON(),
+      cancel: (pid, secret) => frontend.cancel(pid, secret),
+      shutdown: (reason) => void shutdown(reason),
+    });
+  }
 
   await registry.start();
   let metricsServer: MetricsServer | null = null;
-  if (config.general.openmetrics_port !== undefined) {
-    const { registry: metricsRegistry } = createMetrics({
-      pools: () => registry.snapshots(),
-      credentials: () => engine.snapshot(),
-      clients: () => frontend.clientCounts(),
-      prepared: () => ({ statements: frontend.statements.size, ...frontend.statements.stats }),
-    });
+  if (!link && config.general.openmetrics_port !== undefined) {
+    const { registry: metricsRegistry } = createMetrics(metricsSource);
     const host = config.general.host === "*" ? "0.0.0.0" : config.general.host;
     metricsServer = await startMetricsServer({
       host,
@@ -152,23 +247,24 @@ async function main(): Promise<void> {
     pools: () => registry.snapshots(),
     servers: () => registry.servers(),
     clients: () => frontend.clientSnapshots(),
-    credentials: () => engine.snapshot(),
+    credentials: () => local?.snapshot() ?? [],
     prepared: () => preparedSnapshot(frontend.statements),
     config: () => config,
     reload: () => reload("RELOAD"),
-    pause: async (database) => {
-      await Promise.all(registry.select(database).map((p) => p.pause()));
-    },
-    resume: (database) => {
-      for (const p of registry.select(database)) p.resume();
-    },
-    reconnect: (database) => {
-      for (const p of registry.select(database)) p.reconnect();
-    },
+    pause,
+    resume,
+    reconnect,
     shutdown: () => void shutdown("SHUTDOWN"),
   };
-  frontend.adminExecutor = (sql) => executeAdmin(adminContext, sql);
+  frontend.adminExecutor = link
+    ? link.adminExecutor(`pgwarden ${version()}`, () => config)
+    : (sql) => executeAdmin(adminContext, sql);
   const address = await frontend.listen();
+  if (link) {
+    link.ready(address);
+    logger.info({ host: address.host, port: address.port }, "worker listening");
+    return;
+  }
   logger.info(
     { host: address.host, port: address.port, pools: [...registry.all()].map((p) => p.name) },
     "listening",

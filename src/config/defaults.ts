@@ -45,6 +45,8 @@ export const GENERAL_DEFAULTS = {
   // in a loop. 500 holds such a working set; on PostgreSQL it costs each backend a few MB of
   // plan cache at most (a statement is typically a few kB to tens of kB there).
   prepared_statements_limit: 500,
+  // pgdog's default: one process (no cluster at all).
+  workers: 1,
 } as const;
 
 export const DATABASE_DEFAULTS = { port: 5432 } as const;

@@ -70,6 +70,7 @@ describe("defaults", () => {
       log_level: "info",
       prepared_statements: "extended",
       prepared_statements_limit: 500,
+      workers: 1,
     });
   });
 

@@ -245,6 +245,7 @@ function buildGeneral(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): Gener
     log_level: g.log_level ?? GENERAL_DEFAULTS.log_level,
     prepared_statements: prepared.mode,
     prepared_statements_limit: prepared.limit,
+    workers: g.workers ?? GENERAL_DEFAULTS.workers,
   };
   if (general.tls_certificate !== undefined && general.tls_private_key === undefined) {
     at("tls_private_key", 'required when "tls_certificate" is set (client TLS needs both)');

@@ -44,4 +44,6 @@ export const RESTART_KEYS: ReadonlySet<string> = new Set([
   // Read when the credential engine is built, at start.
   "token_refresh_buffer",
   "token_fetch_timeout",
+  // Worker processes are forked at start.
+  "workers",
 ]);

@@ -81,6 +81,8 @@ export const generalSchema = z
       prepared_statements_limit: positive,
       // PgBouncer's name for prepared_statements_limit, where 0 turns tracking off.
       max_prepared_statements: nonNegative,
+      // pgdog's key: worker processes; 0 = one per core.
+      workers: int(0, 128, "an integer 0-128"),
     },
     table,
   )

@@ -44,6 +44,8 @@ export interface GeneralConfig {
   readonly prepared_statements: PreparedStatementsMode;
   /** Most statements kept prepared on one server connection (LRU). */
   readonly prepared_statements_limit: number;
+  /** Worker processes accepting on the port (1 = no cluster; 0 in the file = one per core). */
+  readonly workers: number;
 }
 
 export interface DatabaseConfig {

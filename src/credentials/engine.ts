@@ -6,7 +6,7 @@
 import type { Logger } from "../util/index.js";
 import { type Clock, systemClock } from "./clock.js";
 import { CredentialEntry } from "./entry.js";
-import type { CredentialSnapshot, TokenProvider } from "./types.js";
+import type { CredentialBroker, CredentialSnapshot, TokenProvider } from "./types.js";
 
 export interface EngineOptions {
   readonly refreshBuffer: number;
@@ -34,7 +34,7 @@ export function credentialKey(
   return `${kind}(${parts.join(",")})`;
 }
 
-export class CredentialEngine {
+export class CredentialEngine implements CredentialBroker {
   private readonly entries = new Map<string, CredentialEntry>();
   private readonly opts: EngineOptions & { clock: Clock };
 
@@ -79,6 +79,11 @@ export class CredentialEngine {
         "credential refresher stopped",
       );
     }
+  }
+
+  /** The entry of `key`, if some pool holds it. */
+  entry(key: string): CredentialEntry | undefined {
+    return this.entries.get(key);
   }
 
   get size(): number {

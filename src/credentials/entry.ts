@@ -117,6 +117,11 @@ export class CredentialEntry {
     return this.current().then(loginOf);
   }
 
+  /** The provider names the login user (Vault). */
+  get issuesUser(): boolean {
+    return this.provider.issuesUser === true;
+  }
+
   /** The generation of the credential held now (0 = none yet). */
   get currentGeneration(): number {
     return this.token?.generation ?? 0;

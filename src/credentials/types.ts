@@ -80,3 +80,22 @@ export interface CredentialSnapshot {
   /** Wall-clock ms by which connections opened with the current credential close, or null. */
   readonly retireAt: number | null;
 }
+
+/** What a pool holds on an identity: the secret to log in with, and "that one was rejected". */
+export interface CredentialHandle {
+  readonly key: string;
+  get(): Promise<string>;
+  invalidate(rejected: string): Promise<string>;
+  /** The secret with the user and deadline that come with it. */
+  getLogin(): Promise<Login>;
+  /** The provider names the login user (Vault): pools fetch before they connect. */
+  readonly issuesUser: boolean;
+  /** The generation of the credential held now (0 = none yet; remote: the latest seen). */
+  readonly currentGeneration: number;
+}
+
+/** What the pool registry needs of a credential engine, local (CredentialEngine) or remote. */
+export interface CredentialBroker {
+  acquire(key: string, makeProvider: () => TokenProvider): CredentialHandle;
+  release(handle: CredentialHandle): void;
+}

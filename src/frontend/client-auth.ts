@@ -33,8 +33,16 @@ type Verifier = ScramVerifier;
 
 const verifierCache = new Map<string, Verifier>();
 
-/** Per-process secret behind the mock SCRAM salts of unknown users. */
-const MOCK_SECRET = randomBytes(32);
+/**
+ * Per-instance secret behind the mock SCRAM salts of unknown users. With workers the primary
+ * draws it and every worker takes the same one (setMockSecret), so an unknown user's salt does
+ * not change with the worker a connection lands on (which would tell it from a real user).
+ */
+let MOCK_SECRET = randomBytes(32);
+
+export function setMockSecret(secret: Buffer): void {
+  if (secret.length >= 16) MOCK_SECRET = Buffer.from(secret);
+}
 
 function verifierFor(stored: string): Verifier | null {
   if (stored.startsWith("SCRAM-SHA-256$")) return parseScramVerifier(stored);

@@ -11,7 +11,7 @@
 // answered `FATAL 53300` and closed. Other listener errors are logged (at most once a second,
 // with a count); the listener keeps listening.
 
-import { timingSafeEqual } from "node:crypto";
+import { randomInt, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import tls from "node:tls";
@@ -34,6 +34,32 @@ export interface ClientView {
   readonly applicationName: string;
 }
 
+/**
+ * Cancel routing across worker processes (workers > 1): the worker's index is written into the
+ * low bits of every pid this worker hands out in BackendKeyData (as PgBouncer's peering writes
+ * its peer_id into the cancel key), so whichever worker a CancelRequest reaches can tell the
+ * owner and forward it there; the owner checks the secret as usual.
+ */
+export interface CancelRouting {
+  readonly worker: number;
+  forward(worker: number, pid: number, secret: number): void;
+}
+
+/** Bits of a client pid that name its worker: up to 128 workers. */
+export const CANCEL_WORKER_BITS = 7;
+const WORKER_MASK = (1 << CANCEL_WORKER_BITS) - 1;
+
+/** The worker index a cancel key's pid names. */
+export function cancelKeyWorker(pid: number): number {
+  return pid & WORKER_MASK;
+}
+
+/** A random positive pid whose low bits name `worker`. */
+export function workerPid(worker: number, random = randomInt(1, 2 ** 31 - 1)): number {
+  const pid = (random & ~WORKER_MASK) | worker;
+  return pid > 0 ? pid : (1 << CANCEL_WORKER_BITS) | worker;
+}
+
 export interface ListenAddress {
   host: string;
   port: number;
@@ -46,6 +72,10 @@ export class Frontend implements FrontendContext {
   tlsContext: tls.SecureContext | null;
   shuttingDown = false;
   adminExecutor: ((sql: string) => Promise<Buffer[]>) | null = null;
+  /** Set in a worker process (workers > 1); null with one process. */
+  cancelRouting: CancelRouting | null = null;
+  /** Bind with SO_REUSEPORT, each worker its own socket (workers > 1 on Node 22.12+). */
+  reusePort = false;
   readonly sessions = new Map<number, ClientSession>();
   private readonly servers: net.Server[] = [];
   private acceptErrors = 0;
@@ -86,6 +116,11 @@ export class Frontend implements FrontendContext {
       }
       return false;
     }
+    const routing = this.cancelRouting;
+    if (routing !== null) {
+      session.pid = workerPid(routing.worker, session.pid);
+      while (this.sessions.has(session.pid)) session.pid = workerPid(routing.worker);
+    }
     while (this.sessions.has(session.pid)) session.pid = (session.pid % 2147483646) + 1;
     this.sessions.set(session.pid, session);
     return true;
@@ -96,6 +131,15 @@ export class Frontend implements FrontendContext {
   }
 
   cancel(pid: number, secret: number): void {
+    const routing = this.cancelRouting;
+    if (routing !== null && cancelKeyWorker(pid) !== routing.worker) {
+      this.logger.info(
+        { to_worker: cancelKeyWorker(pid) },
+        "cancel request routed to the worker that owns the key",
+      );
+      routing.forward(cancelKeyWorker(pid), pid, secret);
+      return;
+    }
     const s = this.sessions.get(pid);
     const a = Buffer.alloc(4);
     const b = Buffer.alloc(4);
@@ -123,7 +167,9 @@ export class Frontend implements FrontendContext {
     const server = net.createServer({ noDelay: true }, (socket) => new ClientSession(socket, this));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(wildcard ? { port } : { host, port }, () => {
+      // exclusive + reusePort: a worker binds its own socket instead of sharing the primary's.
+      const shared = this.reusePort ? { reusePort: true, exclusive: true } : {};
+      server.listen(wildcard ? { port, ...shared } : { host, port, ...shared }, () => {
         server.removeListener("error", reject);
         resolve();
       });

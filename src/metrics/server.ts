@@ -10,7 +10,8 @@ export interface MetricsServerOptions {
   readonly host: string;
   /** 0 picks a free port; the one chosen is returned. */
   readonly port: number;
-  readonly registry: Registry;
+  /** A prom-client Registry, or anything that renders like one (the cluster aggregate). */
+  readonly registry: Pick<Registry, "metrics" | "contentType">;
   readonly logger: Logger;
 }
 

@@ -20,8 +20,8 @@ import {
   type UserConfig,
 } from "../config/index.js";
 import {
-  type CredentialEngine,
-  type CredentialEntry,
+  type CredentialBroker,
+  type CredentialHandle,
   type Identity,
   identityFor,
 } from "../credentials/index.js";
@@ -58,7 +58,7 @@ export class PoolRegistry {
   private pools = new Map<string, Pool>();
   private readonly signatures = new Map<Pool, string>();
   /** The credential entry each token-authenticated pool holds a reference on. */
-  private readonly credentials = new Map<Pool, CredentialEntry>();
+  private readonly credentials = new Map<Pool, CredentialHandle>();
   /** Pools taken out by a reload that still have leased servers. */
   private readonly draining = new Set<Pool>();
   private timer: NodeJS.Timeout | null = null;
@@ -69,7 +69,7 @@ export class PoolRegistry {
   constructor(
     config: Config,
     private readonly logger: Logger,
-    private readonly engine: CredentialEngine,
+    private readonly engine: CredentialBroker,
     private readonly env: Env = process.env,
   ) {
     this.config = config;
@@ -207,7 +207,7 @@ export class PoolRegistry {
 
   private create(config: Config, p: Planned, tlsCa: Buffer | undefined, into = this.pools): Pool {
     let credential: CredentialSource = staticSecret(p.user);
-    let entry: CredentialEntry | null = null;
+    let entry: CredentialHandle | null = null;
     if (p.identity !== null) {
       const e = this.engine.acquire(p.identity.key, p.identity.make);
       entry = e;
@@ -216,7 +216,7 @@ export class PoolRegistry {
         invalidate: (rejected) => e.invalidate(rejected),
         // Every token source goes through login(): the connection records its generation.
         login: () => e.getLogin(),
-        issuesUser: e.provider.issuesUser === true,
+        issuesUser: e.issuesUser,
         generation: () => e.currentGeneration,
       };
     }

@@ -43,4 +43,6 @@ export interface ServerSnapshot {
   readonly credentialGeneration: number;
   /** Epoch ms by which it will be closed (its credential's deadline), or null. */
   readonly retireAt: number | null;
+  /** The worker process holding the connection (workers > 1); absent with one process. */
+  readonly worker?: number;
 }

@@ -8,7 +8,7 @@
 // the port was chosen here and pgwarden could not bind it (EADDRINUSE before "listening"), a new
 // port is tried. Children are tracked (procs.ts) and SIGKILLed if this process exits first.
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "smol-toml";
@@ -77,6 +77,21 @@ export interface Pgwarden {
   stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<ExitStatus>;
 }
 
+/** pids of a pgwarden's worker processes (its children), empty with workers = 1. */
+export function workerPids(pw: Pgwarden): number[] {
+  const pid = pw.proc.pid;
+  if (pid === undefined) return [];
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8")
+      .trim()
+      .split(/\s+/)
+      .filter((p) => p !== "")
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
+
 /** dist/cli/main.js of this repository, or PGWARDEN_MAIN. */
 export function pgwardenMain(): string {
   return process.env.PGWARDEN_MAIN ?? join(repoRoot(), "dist", "cli", "main.js");
@@ -84,10 +99,21 @@ export function pgwardenMain(): string {
 
 const WILDCARDS = new Set(["0.0.0.0", "*", "", "::"]);
 
+/**
+ * PGWARDEN_TEST_WORKERS=N (e.g. 2) runs every pgwarden the tests start with `workers = N`
+ * unless the test sets `workers` itself, so CI can run the whole suite on several processes.
+ */
+function testWorkers(): number | undefined {
+  const v = process.env.PGWARDEN_TEST_WORKERS;
+  return v === undefined || v === "" ? undefined : Number(v);
+}
+
 function writeFiles(dir: string, cfg: PgwardenConfig, host: unknown, port: unknown): void {
   const general = { ...(cfg.general ?? {}) };
   if (general.host === undefined) general.host = host;
   if (general.port === undefined) general.port = port;
+  const workers = testWorkers();
+  if (general.workers === undefined && workers !== undefined) general.workers = workers;
   writeFileSync(
     join(dir, "pgwarden.toml"),
     stringify({

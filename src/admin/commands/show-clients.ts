@@ -3,7 +3,7 @@
 
 import type { AdminContext, ClientSnapshot } from "../context.js";
 import { resultSet } from "./result-set.js";
-import { clientPtr, type SocketRow, serverPtr, socketColumns } from "./socket-columns.js";
+import { clientPtr, type SocketRow, serverPtr, socketColumnsFor } from "./socket-columns.js";
 
 function row(c: ClientSnapshot): SocketRow {
   return {
@@ -21,9 +21,11 @@ function row(c: ClientSnapshot): SocketRow {
     tls: c.tls,
     applicationName: c.applicationName,
     id: c.pid,
+    worker: c.worker,
   };
 }
 
 export function showClients(ctx: AdminContext): Buffer[] {
-  return resultSet(socketColumns, ctx.clients().map(row));
+  const rows = ctx.clients().map(row);
+  return resultSet(socketColumnsFor(rows), rows);
 }

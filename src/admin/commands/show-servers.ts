@@ -4,7 +4,7 @@
 import type { ServerSnapshot } from "../../pool/index.js";
 import type { AdminContext, ClientSnapshot } from "../context.js";
 import { type Column, int4, isoTime, resultSet, text } from "./result-set.js";
-import { clientPtr, type SocketRow, serverPtr, socketColumns } from "./socket-columns.js";
+import { clientPtr, type SocketRow, serverPtr, socketColumnsFor } from "./socket-columns.js";
 
 interface ServerRow extends SocketRow {
   readonly serverUser: string;
@@ -12,11 +12,11 @@ interface ServerRow extends SocketRow {
   readonly retireAt: number | null;
 }
 
-// Ours, after PgBouncer's columns: the role it logged in as, which credential of its pool's
-// source it used (a generation number, never the secret; 0 = a static password) and when it
-// will be closed because that credential's role is revoked (Vault dynamic leases).
-const serverColumns: readonly Column<ServerRow>[] = [
-  ...socketColumns,
+// Ours, after PgBouncer's columns (and `worker` with several workers): the role it logged in as,
+// which credential of its pool's source it used (a generation number, never the secret; 0 = a
+// static password) and when it will be closed because that credential's role is revoked (Vault
+// dynamic leases).
+const credentialColumns: readonly Column<ServerRow>[] = [
   text("server_user", (r) => r.serverUser),
   int4("credential", (r) => r.credentialGeneration),
   text("retire_at", (r) => isoTime(r.retireAt)),
@@ -40,14 +40,14 @@ function row(s: ServerSnapshot, holder: ClientSnapshot | undefined): ServerRow {
     tls: s.tls,
     applicationName: holder?.applicationName ?? "",
     id: s.backendPid,
+    worker: s.worker,
   };
 }
 
 export function showServers(ctx: AdminContext): Buffer[] {
   const holders = new Map<number, ClientSnapshot>();
   for (const c of ctx.clients()) if (c.serverPid !== 0) holders.set(c.serverPid, c);
-  return resultSet(
-    serverColumns,
-    ctx.servers().map((s) => row(s, holders.get(s.backendPid))),
-  );
+  const rows = ctx.servers().map((s) => row(s, holders.get(s.backendPid)));
+  const columns: readonly Column<ServerRow>[] = [...socketColumnsFor(rows), ...credentialColumns];
+  return resultSet(columns, rows);
 }

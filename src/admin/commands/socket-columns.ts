@@ -20,6 +20,8 @@ export interface SocketRow {
   readonly tls: boolean;
   readonly applicationName: string;
   readonly id: number;
+  /** The worker process holding the connection (workers > 1), else undefined. */
+  readonly worker?: number | undefined;
 }
 
 export const clientPtr = (pid: number): string => `c${pid}`;
@@ -56,3 +58,9 @@ export const socketColumns: readonly Column<SocketRow>[] = [
   int4("prepared_statements", zero),
   int4("id", (r) => r.id),
 ];
+
+/** The columns for `rows`: with a trailing `worker` column when the instance has workers. */
+export function socketColumnsFor(rows: readonly SocketRow[]): readonly Column<SocketRow>[] {
+  if (!rows.some((r) => r.worker !== undefined)) return socketColumns;
+  return [...socketColumns, int4("worker", (r) => r.worker ?? null)];
+}

@@ -1,0 +1,351 @@
+// Workers (design §6): `workers = 2` is one instance in three processes (the primary and two
+// workers). Real PostgreSQL, real clients: cancel keys route to the owning worker whichever
+// worker accepted the CancelRequest, the admin console and /metrics show both workers, a reload
+// under pgbench load fails nothing, a SIGKILLed worker is replaced (its clients see an error,
+// new clients are served), and token rotation costs the provider what it costs one process.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parsePgbench, runPgbench } from "./harness/clients.js";
+import { type Pgwarden, startPgwarden, workerPids } from "./harness/pgwarden.js";
+import { type PgCluster, startPostgres } from "./harness/postgres.js";
+import { freePort } from "./harness/procs.js";
+import { connect, eventually, rawExchange, sleep } from "./helpers.js";
+import { startIdentityEnv } from "./identity-env.js";
+
+const ADMIN = { name: "admin", user: "ops", password: "ops-secret" };
+
+function cancelPacket(pid: number, secret: number): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeInt32BE(16, 0);
+  b.writeInt32BE(80877102, 4);
+  b.writeInt32BE(pid, 8);
+  b.writeInt32BE(secret, 12);
+  return b;
+}
+
+/** The worker a client's cancel key names (low 7 bits of its BackendKeyData pid). */
+// biome-ignore lint/suspicious/noExplicitAny: node-pg keeps the key on the client
+const workerOf = (c: any): number => (c.processID as number) & 127;
+
+describe("workers = 2", () => {
+  let cluster: PgCluster;
+  let pw: Pgwarden;
+  let metricsPort: number;
+  const users = (poolSize: number) => [
+    {
+      name: "app",
+      database: "appdb",
+      password: "client-pw",
+      server_password: "app-pw",
+      pool_size: poolSize,
+    },
+  ];
+  const databases = () => [{ name: "appdb", host: cluster.host, port: cluster.port }];
+  const general = () => ({
+    workers: 2,
+    pooler_mode: "transaction",
+    checkout_timeout: 20_000,
+    openmetrics_port: metricsPort,
+    shutdown_timeout: 3000,
+  });
+
+  beforeAll(async () => {
+    cluster = await startPostgres();
+    await cluster.createRole("app", "app-pw");
+    await cluster.createDatabase("appdb", "app");
+    metricsPort = await freePort();
+    pw = await startPgwarden({
+      general: general(),
+      databases: databases(),
+      users: users(8),
+      admin: ADMIN,
+    });
+  }, 120_000);
+
+  afterAll(async () => {
+    await pw?.stop();
+    await cluster?.stop();
+  });
+
+  const admin = () => connect(pw, ADMIN.user, ADMIN.password, "admin");
+
+  /**
+   * At least `n` clients, and at least one on each worker. node:cluster's round-robin alternates
+   * workers; with reusePort (Node 22.12+) the kernel picks by connection hash, so keep
+   * connecting until both workers have one.
+   */
+  async function clientsOnBothWorkers(n: number) {
+    const clients = [];
+    while (clients.length < n || new Set(clients.map(workerOf)).size < 2) {
+      if (clients.length >= 40) throw new Error("40 connections, all on one worker");
+      clients.push(await connect(pw, "app", "client-pw", "appdb"));
+    }
+    return clients;
+  }
+
+  it("runs the primary and two workers, and logs listening once", async () => {
+    expect(workerPids(pw)).toHaveLength(2);
+    expect(pw.logs().filter((l) => l.includes('"msg":"listening"'))).toHaveLength(1);
+    // reusePort where the runtime has it (Node 22.12+, 23.1+), node:cluster's round-robin before
+    const [major = 0, minor = 0] = process.versions.node.split(".").map(Number);
+    const reusePort = major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+    const listening = await pw.waitForLog((l) => l.msg === "listening");
+    expect(listening.accept).toBe(reusePort ? "reusePort" : "cluster round-robin");
+  });
+
+  it("cancels a query whose CancelRequest lands on the other worker", async () => {
+    // Round-robin spreads the victims and the cancel connections over the two workers: each
+    // victim's key is sent on two connections in a row (one per worker, the second a no-op once
+    // the query is gone), and three connections per round make the victims alternate workers.
+    // Every cancel must work, and the log must show cancels routed across workers.
+    const owners = new Set<number>();
+    const from = pw.logs().length;
+    const routed = () =>
+      pw
+        .logs()
+        .slice(from)
+        .filter((l) => l.includes("routed to the worker that owns")).length;
+    for (let i = 0; i < 4 || (i < 24 && (owners.size < 2 || routed() === 0)); i++) {
+      const victim = await connect(pw, "app", "client-pw", "appdb");
+      // biome-ignore lint/suspicious/noExplicitAny: node-pg internals carry the key
+      const { processID, secretKey } = victim as any as { processID: number; secretKey: number };
+      const running = victim.query("select pg_sleep(30)").then(
+        () => null,
+        (e: { code: string }) => e.code,
+      );
+      await sleep(200);
+      await Promise.all([
+        rawExchange(pw, cancelPacket(processID, secretKey), 300),
+        sleep(20).then(() => rawExchange(pw, cancelPacket(processID, secretKey), 300)),
+      ]);
+      const code = await Promise.race([running, sleep(5000).then(() => "still running")]);
+      expect(code).toBe("57014");
+      expect((await victim.query("select 'alive' as s")).rows[0].s).toBe("alive");
+      owners.add(workerOf(victim));
+      await victim.end();
+    }
+    expect([...owners].sort()).toEqual([0, 1]);
+    expect(routed()).toBeGreaterThan(0);
+  }, 60_000);
+
+  it("a wrong secret cancels nothing, on either worker", async () => {
+    const victim = await connect(pw, "app", "client-pw", "appdb");
+    // biome-ignore lint/suspicious/noExplicitAny: node-pg internals carry the key
+    const { processID, secretKey } = victim as any as { processID: number; secretKey: number };
+    const running = victim.query("select pg_sleep(1.5)").then(
+      () => "done",
+      (e: { code: string }) => e.code,
+    );
+    await sleep(200);
+    for (let i = 0; i < 4; i++) await rawExchange(pw, cancelPacket(processID, secretKey ^ 1), 100);
+    expect(await running).toBe("done");
+    await victim.end();
+  });
+
+  it("SHOW POOLS, SHOW CLIENTS and /metrics cover every worker", async () => {
+    const clients = await clientsOnBothWorkers(4);
+    // each worker's share of the pool (4 + 4) must hold its clients' transactions
+    for (const w of [0, 1])
+      while (clients.filter((c) => workerOf(c) === w).length > 4)
+        await clients
+          .splice(
+            clients.findIndex((c) => workerOf(c) === w),
+            1,
+          )[0]
+          ?.end();
+    for (const c of clients) await c.query("begin; select 1");
+    const n = clients.length;
+    const a = await admin();
+    const pools = (await a.query("show pools")).rows.filter((r) => r.user === "app");
+    expect(pools).toHaveLength(1);
+    expect(pools[0].cl_active).toBe(n);
+    expect(pools[0].sv_active).toBe(n);
+    const rows = (await a.query("show clients")).rows.filter((r) => r.user === "app");
+    expect(rows).toHaveLength(n);
+    expect(new Set(rows.map((r) => r.worker))).toEqual(new Set([0, 1]));
+    const servers = (await a.query("show servers")).rows.filter((r) => r.state === "active");
+    expect(new Set(servers.map((r) => r.worker))).toEqual(new Set([0, 1]));
+    const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    expect(body).toMatch(
+      new RegExp(`^pgwarden_pool_clients_active\\{[^}]*user="app"[^}]*\\} ${n}$`, "m"),
+    );
+    // pool_size is split 4 + 4 and summed back.
+    expect(body).toMatch(/^pgwarden_pool_size\{[^}]*user="app"[^}]*\} 8$/m);
+    for (const c of clients) {
+      await c.query("commit");
+      await c.end();
+    }
+    await a.end();
+  });
+
+  it("PAUSE and RESUME act on every worker", async () => {
+    const a = await admin();
+    await a.query("pause appdb");
+    const clients = await clientsOnBothWorkers(2);
+    const results = clients.map((c) => c.query("select 1 as x").then(() => Date.now()));
+    await sleep(500);
+    const resumedAt = Date.now();
+    await a.query("resume appdb");
+    for (const t of await Promise.all(results)) expect(t).toBeGreaterThanOrEqual(resumedAt);
+    for (const c of clients) await c.end();
+    await a.end();
+  });
+
+  it("reload under pgbench load: SIGHUP and RELOAD resize both workers, 0 failed", async () => {
+    const init = await runPgbench(["-i", "-s", "1", "-q", "appdb"], { env: benchEnv() });
+    expect(init.code, init.stderr).toBe(0);
+    const bench = runPgbench(["-n", "-S", "-c", "16", "-j", "2", "-T", "8", "appdb"], {
+      env: benchEnv(),
+      timeoutMs: 60_000,
+    });
+    const a = await admin();
+    for (const size of [4, 10, 6]) {
+      await sleep(1500);
+      const from = pw.logs().length;
+      pw.writeConfig({ general: general(), databases: databases(), users: users(size) });
+      if (size === 10) await a.query("reload");
+      else pw.signal("SIGHUP");
+      await pw.waitForLog((l) => l.msg === "configuration reloaded", 10_000, from);
+      const reloadedWorkers = () =>
+        pw
+          .logs()
+          .slice(from)
+          .filter((l) => l.includes('"msg":"worker configuration reloaded"')).length;
+      await eventually(() => reloadedWorkers() === 2, "both workers log their reload", 3000);
+      const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      expect(body).toMatch(
+        new RegExp(`^pgwarden_pool_size\\{[^}]*user="app"[^}]*\\} ${size}$`, "m"),
+      );
+    }
+    const r = await bench;
+    expect(r.code, r.stderr).toBe(0);
+    const stats = parsePgbench(r.stdout);
+    expect(stats.failed).toBe(0);
+    expect(stats.processed).toBeGreaterThan(100);
+    await a.end();
+  }, 60_000);
+
+  it("a SIGKILLed worker is replaced: its clients get an error, new clients are served", async () => {
+    const before = workerPids(pw);
+    expect(before).toHaveLength(2);
+    const clients = await clientsOnBothWorkers(4);
+    const errors = clients.map(
+      (c) =>
+        new Promise<string>((resolve) => {
+          c.on("error", (e) => resolve(e.message));
+          c.on("end", () => resolve("end"));
+        }),
+    );
+    const from = pw.logs().length;
+    const listening = await pw.waitForLog((l) => l.msg === "listening");
+    const victimWorker = 1;
+    const victimPid = listening.worker_pids[victimWorker] as number;
+    expect(before).toContain(victimPid);
+    process.kill(victimPid, "SIGKILL");
+    const onVictim = clients.filter((c) => workerOf(c) === victimWorker);
+    const onOther = clients.filter((c) => workerOf(c) !== victimWorker);
+    expect(onVictim.length).toBeGreaterThan(0);
+    for (const c of onVictim) {
+      const failed = await c.query("select 1").then(
+        () => false,
+        () => true,
+      );
+      expect(failed).toBe(true);
+    }
+    for (const [i, c] of clients.entries())
+      if (workerOf(c) === victimWorker)
+        expect(await Promise.race([errors[i], sleep(2000).then(() => "hang")])).not.toBe("hang");
+    for (const c of onOther) expect((await c.query("select 2 as x")).rows[0].x).toBe(2);
+    await pw.waitForLog((l) => l.msg === "worker ready" && l.worker === victimWorker, 15_000, from);
+    await eventually(() => {
+      const now = workerPids(pw);
+      return now.length === 2 && !now.includes(victimPid);
+    }, "a replacement worker");
+    const fresh = await clientsOnBothWorkers(4);
+    for (const c of fresh) expect((await c.query("select 3 as x")).rows[0].x).toBe(3);
+    for (const c of [...fresh, ...onOther]) await c.end();
+  }, 60_000);
+
+  it("SIGTERM stops every worker and the primary", async () => {
+    const pids = workerPids(pw);
+    const status = await pw.stop("SIGTERM", 15_000);
+    expect(status.code).toBe(0);
+    for (const p of pids) expect(() => process.kill(p, 0)).toThrow();
+  }, 30_000);
+
+  function benchEnv() {
+    return { PGHOST: pw.host, PGPORT: String(pw.port), PGUSER: "app", PGPASSWORD: "client-pw" };
+  }
+});
+
+describe("token rotation with workers = 2", () => {
+  it("provider calls per identity equal one process's, under the same load", async () => {
+    const env = await startIdentityEnv({
+      entraLifetimeSec: 6,
+      entraLatencyMs: 50,
+      awsLifetimeMs: 3_600_000,
+    });
+    try {
+      await env.createIamRole("az_app");
+      env.azureRoles.set("az_app", "client-a");
+      const run = async (workers: number) => {
+        const pw = await startPgwarden({
+          general: { workers, tls_verify: "prefer", token_fetch_timeout: 10_000 },
+          databases: [
+            { name: "appdb", host: "127.0.0.1", port: env.cluster.port, database_name: "postgres" },
+          ],
+          users: [
+            {
+              name: "az",
+              database: "appdb",
+              password: "pw",
+              server_user: "az_app",
+              server_auth: "azure_workload_identity",
+              pool_size: 4,
+            },
+          ],
+          env: env.childEnv(),
+          startTimeoutMs: 60_000,
+        });
+        const before = env.entra.requests.get("client-a") ?? 0;
+        // 14 s of load on 6 s tokens: several rotations, logins on both workers
+        const deadline = Date.now() + 14_000;
+        let errors = 0;
+        let queries = 0;
+        await Promise.all(
+          Array.from({ length: 6 }, async () => {
+            while (Date.now() < deadline) {
+              try {
+                const c = await connect(pw, "az", "pw", "appdb");
+                await c.query("select 1");
+                await c.end();
+                queries++;
+              } catch {
+                errors++;
+              }
+              await sleep(150);
+            }
+          }),
+        );
+        const calls = (env.entra.requests.get("client-a") ?? 0) - before;
+        const credentials = pw
+          .logs()
+          .filter((l) => l.includes('"msg":"credential refresher started"'));
+        await pw.stop();
+        return { calls, errors, queries, refreshers: credentials.length };
+      };
+      const one = await run(1);
+      const two = await run(2);
+      console.log(
+        `[measure] rotation: workers=1 ${JSON.stringify(one)}; workers=2 ${JSON.stringify(two)}`,
+      );
+      expect(one.errors).toBe(0);
+      expect(two.errors).toBe(0);
+      expect(two.refreshers).toBe(1);
+      // same schedule: equal up to one refresh landing either side of the end of the window
+      expect(Math.abs(two.calls - one.calls)).toBeLessThanOrEqual(1);
+      expect(two.calls).toBeGreaterThanOrEqual(3);
+    } finally {
+      await env.stop();
+    }
+  }, 120_000);
+});
