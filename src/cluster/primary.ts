@@ -74,7 +74,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
   const identities = (c: Config) =>
     c.users.flatMap((u) => {
       const db = c.databases.find((d) => d.name === u.database);
-      const id = db ? identityFor(u, db, opts.env) : null;
+      const id = db ? identityFor(u, db, opts.env, c.vault) : null;
       return id ? [id] : [];
     });
   host.learn(identities(config));
