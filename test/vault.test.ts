@@ -14,7 +14,7 @@ import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { removeOnExit } from "./harness/procs.js";
 import { connect, eventually, sleep } from "./helpers.js";
 
-const LEASE = 15; // seconds
+const LEASE = 10; // seconds
 const NAMESPACE = "team-a";
 const ADMIN = { name: "admin", user: "ops", password: "ops-secret" };
 
