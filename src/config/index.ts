@@ -2,7 +2,13 @@ export { ADMIN_DEFAULTS, DATABASE_DEFAULTS, GENERAL_DEFAULTS, USER_DEFAULTS } fr
 export { type ConfigDiff, diffConfig, isEmptyDiff, type UserKey } from "./diff.js";
 export type { Env } from "./env.js";
 export { ConfigError, type ConfigProblem } from "./errors.js";
-export { type ConfigFiles, KUBERNETES_JWT_PATH, loadConfig, parseConfig } from "./load.js";
+export {
+  type ConfigFiles,
+  KUBERNETES_JWT_PATH,
+  loadConfig,
+  parseConfig,
+  vaultConfig,
+} from "./load.js";
 export {
   inferRdsRegion,
   RESTART_KEYS,

@@ -200,6 +200,22 @@ function buildVault(cfg: Parsed<ConfigFile>, problems: ConfigProblem[]): VaultCo
       at("auth_method", `auth_method = ${quote(v.auth_method)} needs ${quote(key)}`);
   }
   if (!/^https?:\/\//i.test(v.url)) at("url", `expected an http(s) URL, got ${quote(v.url)}`);
+  return vaultConfig(v);
+}
+
+/** [vault] keys as written (config file, library options) → VaultConfig: defaults resolved. */
+export function vaultConfig(v: {
+  readonly url: string;
+  readonly namespace?: string | undefined;
+  readonly auth_method: VaultConfig["auth_method"];
+  readonly auth_mount?: string | undefined;
+  readonly kubernetes_role?: string | undefined;
+  readonly kubernetes_jwt_path?: string | undefined;
+  readonly approle_role_id?: string | undefined;
+  readonly approle_secret_id_file?: string | undefined;
+  readonly token_file?: string | undefined;
+  readonly client_token_ttl?: number | undefined;
+}): VaultConfig {
   return {
     url: v.url.replace(/\/+$/, ""),
     namespace: v.namespace,

@@ -15,10 +15,10 @@
 import {
   type DatabaseConfig,
   GENERAL_DEFAULTS,
-  KUBERNETES_JWT_PATH,
   type ServerAuth,
   type UserConfig,
   type VaultConfig,
+  vaultConfig,
 } from "../config/index.js";
 import {
   CredentialEngine,
@@ -173,21 +173,7 @@ export function tokenSource(options: TokenSourceOptions): TokenSource {
     database_name: user.database,
   };
   const v = options.vault;
-  const vault: VaultConfig | undefined =
-    v === undefined
-      ? undefined
-      : {
-          url: v.url.replace(/\/+$/, ""),
-          namespace: v.namespace,
-          auth_method: v.auth_method,
-          auth_mount: (v.auth_mount ?? v.auth_method).replace(/^\/+|\/+$/g, ""),
-          kubernetes_role: v.kubernetes_role,
-          kubernetes_jwt_path: v.kubernetes_jwt_path ?? KUBERNETES_JWT_PATH,
-          approle_role_id: v.approle_role_id,
-          approle_secret_id_file: v.approle_secret_id_file,
-          token_file: v.token_file,
-          client_token_ttl: undefined,
-        };
+  const vault: VaultConfig | undefined = v === undefined ? undefined : vaultConfig(v);
   const identity = identityFor(user, db, options.env ?? process.env, vault);
   if (identity === null) throw new PgwardenError("CONFIG", "tokenSource: no token for this mode");
   const engine = engineFor(
