@@ -417,7 +417,7 @@ export class ServerConnection {
    */
   private onDataFiltered(chunkIn: Buffer, filter: ReplyFilter): void {
     // The filter may keep what it is shown beyond this call.
-    const chunk = SocketIO.own(chunkIn);
+    const chunk = this.io!.keep(chunkIn);
     const f = this.framer;
     const sink = this.sink!;
     let pos = 0;

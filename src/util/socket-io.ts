@@ -12,7 +12,7 @@
 //           is replaced by ours, which hands the bytes read, a view of that buffer, straight to
 //           the consumer: no allocation of a buffer per read, no Readable. The view is valid
 //           until the callback returns; a consumer that keeps it (or a part of it) takes its
-//           own copy with SocketIO.own() (a small copy costs less than a new read buffer, and
+//           own copy with keep() (a small copy costs less than a new read buffer, and
 //           a new buffer per read would be external memory that drives V8 into full GCs). A
 //           write that libuv could not finish at once holds the bytes, and cannot be given a
 //           copy after the fact: the reading socket then moves to a new buffer from its next
@@ -103,8 +103,6 @@ let spareReq: WriteReq | null = null;
  * libuv holds); the reading socket then moves to a new buffer.
  */
 let chunkRetained = false;
-/** The memory the running read callback's chunk is a view of (null outside a callback). */
-let readingInto: ArrayBufferLike | null = null;
 
 function onWriteComplete(this: WriteReq, status: number): void {
   const io = this.io;
@@ -147,14 +145,6 @@ export class SocketIO {
   /** True when this Node version offers the internals of the direct path. */
   static readonly native = internals !== null;
 
-  /**
-   * A buffer that stays valid after the running read callback returns: `chunk` itself, or a
-   * copy when it is a view of the buffer being read into.
-   */
-  static own(chunk: Buffer): Buffer {
-    return chunk.buffer === readingInto && readingInto !== null ? Buffer.from(chunk) : chunk;
-  }
-
   readonly socket: net.Socket;
   /** Reads and writes go straight to the handle (false: the stream path). */
   readonly direct: boolean;
@@ -191,9 +181,7 @@ export class SocketIO {
       if (n > 0) {
         if (socket.destroyed) return undefined;
         chunkRetained = false;
-        readingInto = buf.buffer;
         onChunk(buf.subarray(0, n));
-        readingInto = null;
         if (!chunkRetained) return undefined;
         chunkRetained = false;
         // The handle reads into the buffer returned here from the next read on.
@@ -210,8 +198,7 @@ export class SocketIO {
 
   /**
    * A copy of `chunk` that outlives the read callback, when this socket reads into a reused
-   * buffer (cheaper than SocketIO.own's check, for a consumer that knows `chunk` is this
-   * socket's read).
+   * buffer (`chunk` is, or is part of, this socket's read; copying other bytes is harmless).
    */
   keep(chunk: Buffer): Buffer {
     if (!this.direct) return chunk;
