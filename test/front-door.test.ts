@@ -277,7 +277,9 @@ describe("out of file descriptors", () => {
 
 describe("logins without a server connection", () => {
   it("a saturated pool admits new clients at once; the first login of an empty pool opens one", async () => {
-    const pw = await pooler({ checkout_timeout: 1500 });
+    // One process: the two holders take both servers of a pool of 2, which with workers = 2
+    // (PGWARDEN_TEST_WORKERS) is split 1 + 1 and both may land on the same worker.
+    const pw = await pooler({ checkout_timeout: 1500, workers: 1 });
     expect(await cluster.backendPids("fresh")).toEqual([]);
     // first login ever: no server yet, so one is opened for it
     const first = await connect(pw, "fresh", "pw", "doordb");
