@@ -107,7 +107,10 @@ export interface ServerAttachment {
  * and may answer the client itself (takeClient) or have more client bytes sent (takeServer).
  */
 export interface ReplyFilter {
+  /** `body` is the message's body for ErrorResponse and CommandComplete, empty for the rest. */
   serverMessage(type: number, body: Buffer): number;
+  /** takeClient() or takeServer() has something (checked before calling them). */
+  readonly hasOutput: boolean;
   takeClient(): Buffer[];
   takeServer(): Buffer[];
 }
@@ -140,6 +143,8 @@ const SERVER_READ_BUFFER = 64 * 1024;
 
 /** Writes up to this many bytes in several pieces are copied into one buffer (writeMany). */
 const SMALL_WRITE = 16 * 1024;
+
+const EMPTY = Buffer.alloc(0);
 
 let nextId = 1;
 
@@ -415,9 +420,10 @@ export class ServerConnection {
    * forwarded: if the chunk ends inside one (or inside a header of such a type), its bytes are
    * held back and the whole message is rebuilt once it is complete.
    */
-  private onDataFiltered(chunkIn: Buffer, filter: ReplyFilter): void {
-    // The filter may keep what it is shown beyond this call.
-    const chunk = this.io!.keep(chunkIn);
+  private onDataFiltered(chunk: Buffer, filter: ReplyFilter): void {
+    // Nothing here keeps the chunk beyond this call: forwarded ranges are written at once (a
+    // write libuv holds moves this socket to a new read buffer, util/socket-io.ts), the filter
+    // only looks at bodies, and a message cut by the chunk's end is stitched by the framer.
     const f = this.framer;
     const sink = this.sink!;
     let pos = 0;
@@ -429,10 +435,17 @@ export class ServerConnection {
         pos = f.feed(chunk, pos);
         if (f.event !== EVENT_MESSAGE) continue;
         const type = f.type;
-        const body = f.body;
         const start = f.msgStart >= 0 && f.msgStart < pos ? f.msgStart : -1;
         const held = start < 0 && this.heldPartial;
         this.heldPartial = false;
+        // A view of the body only where it is read (most replies are only counted).
+        const body =
+          held ||
+          type === Msg.ErrorResponse ||
+          type === Msg.CommandComplete ||
+          type === Msg.ParameterStatus
+            ? f.body
+            : EMPTY;
         if (type === Msg.ErrorResponse && this.proxyError(body, start, fwd)) return;
         const verdict = filter.serverMessage(type, body);
         if (verdict === REPLY_CUT && (start >= 0 || held)) {
@@ -446,16 +459,18 @@ export class ServerConnection {
           flowing = this.toSink(sink, whole) && flowing;
           fwd = pos;
         }
-        const toClient = filter.takeClient();
-        if (toClient.length > 0) {
-          if (pos > fwd) flowing = this.toSink(sink, chunk.subarray(fwd, pos)) && flowing;
-          fwd = pos;
-          for (const b of toClient) flowing = this.toSink(sink, b) && flowing;
+        if (filter.hasOutput) {
+          const toClient = filter.takeClient();
+          if (toClient.length > 0) {
+            if (pos > fwd) flowing = this.toSink(sink, chunk.subarray(fwd, pos)) && flowing;
+            fwd = pos;
+            for (const b of toClient) flowing = this.toSink(sink, b) && flowing;
+          }
+          const toServer = filter.takeServer();
+          if (toServer.length > 0) this.writeMany(toServer);
         }
-        const toServer = filter.takeServer();
-        if (toServer.length > 0) this.writeMany(toServer);
         if (type === Msg.ReadyForQuery) {
-          this.txStatus = body[0]!;
+          this.txStatus = f.bodyByte(0);
           if (pos > fwd) this.toSink(sink, chunk.subarray(fwd, pos));
           fwd = pos;
           this.moreAfterReady = pos < chunk.length;

@@ -936,9 +936,9 @@ export class ClientSession implements LeaseHolder {
    * rewriter: whole when it fits in the chunk, else Parse/Describe/Close/Execute (and a Bind
    * whose names are cut) are collected, and the rest stream (start, then more bytes).
    */
-  private rwBytes(chunkIn: Buffer, pos: number): void {
-    // The rewriter keeps messages (or parts) until it plans them: the chunk outlives this call.
-    const chunk = pos === 0 ? this.keep(chunkIn) : chunkIn; // (pos > 0: from switchOn, kept)
+  private rwBytes(chunk: Buffer, pos: number): void {
+    // The rewriter is handed ranges of the chunk; what it cannot plan during this call (no
+    // server leased yet, or held back) it copies (retain(), at the end).
     const f = this.framer;
     const rw = this.rw!;
     if (pos === 0) {
@@ -979,8 +979,10 @@ export class ClientSession implements LeaseHolder {
     const lease = this.lease;
     if (lease !== null) {
       this.rwFlush();
+      rw.retain();
       return;
     }
+    rw.retain();
     if (this.acquiring || this.state !== READY) {
       this.pauseForLease();
       return;
@@ -1055,6 +1057,7 @@ export class ClientSession implements LeaseHolder {
 
   /** Terminate with the rewriter on: what came before it still goes out; then the end. */
   private rwTerminate(): void {
+    this.rw!.retain();
     const lease = this.lease;
     if (lease !== null) {
       this.rwFlush();

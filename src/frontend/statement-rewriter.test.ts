@@ -822,3 +822,39 @@ describe("leases and lifetime", () => {
     expect(rw.serverMessage(bindComplete[0]!, Buffer.alloc(0))).toBe(REPLY_FORWARD);
   });
 });
+
+// The session hands over ranges of its socket's read buffer, which the next read overwrites:
+// whatever the rewriter has not sent by the end of the call must be its own copy.
+describe("the caller's buffers", () => {
+  it("messages held back survive the caller reusing its buffer", () => {
+    const { rw } = setup();
+    prepared(rw, "a", "select 1");
+    const s = send(rw, query("DEALLOCATE ALL"), parse("a", "select 1"), bind("", "a"), sync);
+    expect(rw.holding).toBe(true);
+    s.chunk.fill(0x7a); // the next read
+    const r = reply(rw, commandComplete("DEALLOCATE ALL"), Z);
+    expect(r.server).toEqual(["P pgw_2 select 1", "B :pgw_2", "S"]);
+  });
+
+  it("messages handed over before a lease survive the buffer's reuse with retain()", () => {
+    const registry = new StatementRegistry(100);
+    const rw = new StatementRewriter(registry);
+    const msgs = [parse("a", "select 1"), bind("", "a"), execute(), sync];
+    const chunk = Buffer.concat(msgs);
+    let off = 0;
+    for (const m of msgs) {
+      rw.clientMessage(m[0]!, chunk, off, off + m.length);
+      off += m.length;
+    }
+    rw.retain();
+    chunk.fill(0x7a);
+    rw.attach(registry.newServer());
+    rw.plan();
+    expect(frontendTokens(Buffer.concat(rw.takeServer()))).toEqual([
+      "P pgw_1 select 1",
+      "B :pgw_1",
+      "E ",
+      "S",
+    ]);
+  });
+});

@@ -181,6 +181,7 @@ class Fifo {
 }
 
 const PIECE_BYTES = -1;
+const EMPTY = Buffer.alloc(0);
 
 export class StatementRewriter {
   readonly registry: StatementRegistry;
@@ -213,6 +214,12 @@ export class StatementRewriter {
   private qLen: number[] = [];
   private qi = 0;
   private qCopied = 0;
+
+  // The name last found by its bytes (a client binds the same statement again and again): its
+  // bytes and its record, so that the common Bind costs no string and no hash. A record that
+  // left `names` has `planned === null` and is never returned from here.
+  private lastKey: Buffer = EMPTY;
+  private lastName: ClientName | null = null;
 
   // Output. A pending range of the client's bytes is merged with the next contiguous one.
   private toServer: Buffer[] = [];
@@ -315,6 +322,7 @@ export class StatementRewriter {
       this.setPlanned(r, null);
     }
     this.names.clear();
+    this.lastName = null;
   }
 
   // ---- client side ----------------------------------------------------------------------------
@@ -362,7 +370,12 @@ export class StatementRewriter {
       this.emitHeadFakes();
     }
     if (this.qi === n) this.clearQueue();
-    else this.keepQueue();
+    else this.retain();
+  }
+
+  /** takeServer() or takeClient() has something. */
+  get hasOutput(): boolean {
+    return this.toClient.length > 0 || this.toServer.length > 0 || this.pendBuf !== null;
   }
 
   /** Bytes for the server, in order. The array is valid until the next takeServer(). */
@@ -402,16 +415,29 @@ export class StatementRewriter {
     this.qCopied = 0;
   }
 
-  /** Pieces held back outlive the caller's buffers: copy them once. */
-  private keepQueue(): void {
-    for (let j = Math.max(this.qi, this.qCopied); j < this.qType.length; j++) {
+  /**
+   * What was handed over and is not planned yet (no server leased, or held back) must outlive
+   * the caller's buffers, which are reads into reused buffers: copies it, once. Consecutive
+   * pieces of one buffer share one copy. Called by plan() and by the session after handing over
+   * a read it could not have planned.
+   */
+  retain(): void {
+    const n = this.qType.length;
+    let j = Math.max(this.qi, this.qCopied);
+    while (j < n) {
+      const buf = this.qBuf[j]!;
+      let k = j + 1;
+      while (k < n && this.qBuf[k] === buf && this.qStart[k]! >= this.qEnd[k - 1]!) k++;
       const s = this.qStart[j]!;
-      const e = this.qEnd[j]!;
-      this.qBuf[j] = Buffer.from(this.qBuf[j]!.subarray(s, e));
-      this.qStart[j] = 0;
-      this.qEnd[j] = e - s;
+      const copy = Buffer.from(buf.subarray(s, this.qEnd[k - 1]!));
+      for (let m = j; m < k; m++) {
+        this.qBuf[m] = copy;
+        this.qStart[m] = this.qStart[m]! - s;
+        this.qEnd[m] = this.qEnd[m]! - s;
+      }
+      j = k;
     }
-    this.qCopied = this.qType.length;
+    this.qCopied = n;
   }
 
   /** Returns false when the message must wait (it and everything after it stay queued). */
@@ -576,11 +602,11 @@ export class StatementRewriter {
     portalEnd: number,
     stmtEnd: number,
   ): boolean {
-    const name = buf.toString("latin1", portalEnd + 1, stmtEnd);
-    const r = this.names.get(name);
+    const r = this.lookup(buf, portalEnd + 1, stmtEnd);
     if (this.waitsOn(r)) return false;
     const entry = r?.planned ?? null;
     if (entry === null) {
+      const name = buf.toString("latin1", portalEnd + 1, stmtEnd);
       this.localError("26000", `prepared statement "${display(name)}" does not exist`);
       return true;
     }
@@ -601,6 +627,27 @@ export class StatementRewriter {
     this.fifo.push(K_BIND, entry);
     this.portalRuns(buf, portalStart, portalEnd, entry.mayDeallocate);
     return true;
+  }
+
+  /** The client's record of the statement named buf[start, end), if it has one. */
+  private lookup(buf: Buffer, start: number, end: number): ClientName | undefined {
+    const last = this.lastName;
+    if (last !== null && last.planned !== null) {
+      const key = this.lastKey;
+      const n = end - start;
+      if (key.length === n) {
+        let i = 0;
+        while (i < n && key[i] === buf[start + i]) i++;
+        if (i === n) return last;
+      }
+    }
+    const name = buf.toString("latin1", start, end);
+    const r = this.names.get(name);
+    if (r !== undefined) {
+      this.lastName = r;
+      this.lastKey = Buffer.from(name, "latin1");
+    }
+    return r;
   }
 
   private planDescribe(name: string): boolean {
