@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
+import { queryMessage, RawClient, rawMessage } from "./harness/raw-client.js";
 import { connect, eventually, loginError, sleep } from "./helpers.js";
 
 let cluster: PgCluster;
@@ -183,6 +184,56 @@ describe("transaction pooling", () => {
     );
     expect(st.rows[0].n).toBe(0);
     await b.end();
+    await pw.stop();
+  });
+});
+
+// A client that waits for a server is read on (no two syscalls to pause and resume it per
+// wait), but only up to 64 KiB: past that its socket is paused, so a client that floods while
+// it waits fills its own kernel buffers, not pgwarden's memory. Both client paths: the plain
+// one, and the prepared-statement rewriter's (switched on by a named Parse).
+describe("a client waiting for a server", () => {
+  it.each([
+    ["plain", false],
+    ["prepared-statement", true],
+  ])("%s path: is paused once it has sent 64 KiB", async (_what, named) => {
+    const pw = await pooler([
+      { name: "txn", pool_size: 1, min_pool_size: 1, pooler_mode: "transaction" },
+    ]);
+    const holder = await connect(pw, "txn", "pw", "pooldb");
+    await holder.query("begin"); // the only server is held from now on
+    const raw = await RawClient.connect(pw);
+    await raw.login("txn", "pw", "pooldb");
+    const parse = rawMessage("P", Buffer.from("s1\0select 1\0\0\0", "latin1"));
+    const bind = rawMessage("B", Buffer.from("\0s1\0\0\0\0\0\0\0", "latin1"));
+    const execute = rawMessage("E", Buffer.from("\0\0\0\0\0", "latin1"));
+    const sync = rawMessage("S");
+    const one = named ? Buffer.concat([bind, execute, sync]) : queryMessage("select 1");
+    if (named) raw.send(Buffer.concat([parse, sync]));
+    const block = Buffer.concat(Array.from({ length: Math.ceil(65536 / one.length) }, () => one));
+    // Push up to 48 MB, a block at a time, until the socket stops taking more for 300 ms.
+    let offered = 0;
+    while (offered < 48 * 1024 * 1024) {
+      offered += block.length;
+      if (raw.socket.write(block)) continue;
+      const drained = await new Promise<boolean>((resolve) => {
+        const t = setTimeout(() => resolve(false), 300);
+        raw.socket.once("drain", () => {
+          clearTimeout(t);
+          resolve(true);
+        });
+      });
+      if (!drained) break;
+    }
+    const taken = raw.socket.bytesWritten - raw.socket.writableLength;
+    // Paused: what left the client is its pause threshold plus the kernel's socket buffers
+    // (a few MB on loopback). Read on, all of it would have been taken.
+    expect(taken).toBeLessThan(16 * 1024 * 1024);
+    expect(offered).toBeLessThan(48 * 1024 * 1024);
+    raw.close();
+    await holder.query("rollback");
+    expect((await holder.query("select 7 as x")).rows[0].x).toBe(7);
+    await holder.end();
     await pw.stop();
   });
 });

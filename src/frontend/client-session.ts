@@ -937,6 +937,7 @@ export class ClientSession implements LeaseHolder {
    * whose names are cut) are collected, and the rest stream (start, then more bytes).
    */
   private rwBytes(chunk: Buffer, pos: number): void {
+    const pos0 = pos;
     // The rewriter is handed ranges of the chunk; what it cannot plan during this call (no
     // server leased yet, or held back) it copies (retain(), at the end).
     const f = this.framer;
@@ -983,13 +984,17 @@ export class ClientSession implements LeaseHolder {
       return;
     }
     rw.retain();
+    // Waiting for a server: as on the plain path (queuePending), reading goes on unless more
+    // than PENDING_PAUSE_BYTES pile up (pausing costs two syscalls per wait).
+    this.pendingBytes += chunk.length - pos0;
+    const tooMuch = this.pendingBytes > PENDING_PAUSE_BYTES;
     if (this.acquiring || this.state !== READY) {
-      this.pauseForLease();
+      if (tooMuch) this.pauseForLease();
       return;
     }
     if (!rw.holding && this.pending.length === 0) return;
     this.acquire();
-    if (this.lease === null) this.pauseForLease();
+    if (this.lease === null && tooMuch) this.pauseForLease();
   }
 
   /** A header just read by the framer (it ends at `pos`): hand its message to the rewriter. */

@@ -985,6 +985,8 @@ export class StatementRewriter {
   }
 
   private commandComplete(body: Buffer): void {
+    const n = body.length;
+    if (n !== DEALLOCATE_ALL.length && n !== DISCARD_ALL.length) return; // (most: no call)
     if (!body.equals(DEALLOCATE_ALL) && !body.equals(DISCARD_ALL)) return;
     // The server holds nothing now, and the client has no statements: requests sent after this
     // one (still in flight) keep their plans, with "nothing" to fall back to.
