@@ -22,6 +22,7 @@
 // Modes change only between messages (at ReadyForQuery), so one framer serves all three.
 
 import net from "node:net";
+import { performance } from "node:perf_hooks";
 import tls from "node:tls";
 import {
   AuthCode,

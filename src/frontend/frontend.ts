@@ -14,6 +14,7 @@
 import { randomInt, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
+import { performance } from "node:perf_hooks";
 import tls from "node:tls";
 import type { Config } from "../config/index.js";
 import type { PoolRegistry } from "../pool/index.js";

@@ -29,6 +29,7 @@
 // outlives its role; replacements log in with the new credential. Draining (config change, shutdown) stops checkouts; leased servers
 // close when released.
 
+import { performance } from "node:perf_hooks";
 import type { ServerConnection, ServerOptions, TlsMode } from "../backend/index.js";
 import { ServerConnection as Server } from "../backend/index.js";
 import type { PoolerMode } from "../config/index.js";
@@ -281,6 +282,7 @@ export class Pool {
     this.leased.delete(server);
     server.detach();
     const oversize = this.size + 1 > this.settings.poolSize; // +1: the server being released
+    const now = performance.now();
     if (
       !clean ||
       server.closed ||
@@ -288,12 +290,12 @@ export class Pool {
       server.moreAfterReady ||
       this.draining ||
       oversize ||
-      server.ageMs > this.settings.serverLifetime ||
-      (server.retireAt !== null && this.mustRetire(server, performance.now()))
+      now - server.createdAt > this.settings.serverLifetime ||
+      (server.retireAt !== null && this.mustRetire(server, now))
     ) {
       this.discard(
         server,
-        server.retireAt !== null && this.mustRetire(server, performance.now())
+        server.retireAt !== null && this.mustRetire(server, now)
           ? "its credential is retired (lease ending)"
           : !clean
             ? "released unclean (client left mid-transaction or server state unknown)"
@@ -326,7 +328,7 @@ export class Pool {
       );
       return;
     }
-    this.handOut(server);
+    this.handOut(server, now);
   }
 
   /** Opens connections up to min_pool_size; resolves when those attempts have settled. */
@@ -515,7 +517,7 @@ export class Pool {
   }
 
   /** Gives a free server to the head waiter, or puts it on the idle stack. */
-  private handOut(server: ServerConnection): void {
+  private handOut(server: ServerConnection, now = performance.now()): void {
     if (server.closed) {
       // It died between release and now (e.g. during DISCARD ALL's round trip).
       this.afterLoss();
@@ -532,7 +534,6 @@ export class Pool {
       this.checkPaused();
       return;
     }
-    const now = performance.now();
     const holder = this.nextWaiter(now);
     if (holder !== null) {
       holder.leaseGranted(this.lease(server, holder));

@@ -13,6 +13,7 @@
 // sessions re-resolve their pool. One maintenance timer drives every pool's upkeep.
 
 import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 import {
   type Config,
   type DatabaseConfig,
