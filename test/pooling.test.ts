@@ -191,8 +191,9 @@ describe("transaction pooling", () => {
 // A client that waits for a server is read on (no two syscalls to pause and resume it per
 // wait), but only up to 64 KiB: past that its socket is paused, so a client that floods while
 // it waits fills its own kernel buffers, not pgwarden's memory. Both client paths: the plain
-// one, and the prepared-statement rewriter's (switched on by a named Parse).
-describe("a client waiting for a server", () => {
+// one, and the prepared-statement rewriter's (switched on by a named Parse), which also holds
+// messages back behind a reply still to come (a running DEALLOCATE ALL) under the same limit.
+describe("a client that floods while it waits", () => {
   it.each([
     ["plain", false],
     ["prepared-statement", true],
@@ -210,22 +211,7 @@ describe("a client waiting for a server", () => {
     const sync = rawMessage("S");
     const one = named ? Buffer.concat([bind, execute, sync]) : queryMessage("select 1");
     if (named) raw.send(Buffer.concat([parse, sync]));
-    const block = Buffer.concat(Array.from({ length: Math.ceil(65536 / one.length) }, () => one));
-    // Push up to 48 MB, a block at a time, until the socket stops taking more for 300 ms.
-    let offered = 0;
-    while (offered < 48 * 1024 * 1024) {
-      offered += block.length;
-      if (raw.socket.write(block)) continue;
-      const drained = await new Promise<boolean>((resolve) => {
-        const t = setTimeout(() => resolve(false), 300);
-        raw.socket.once("drain", () => {
-          clearTimeout(t);
-          resolve(true);
-        });
-      });
-      if (!drained) break;
-    }
-    const taken = raw.socket.bytesWritten - raw.socket.writableLength;
+    const { offered, taken } = await flood(raw, one);
     // Paused: what left the client is its pause threshold plus the kernel's socket buffers
     // (a few MB on loopback). Read on, all of it would have been taken.
     expect(taken).toBeLessThan(16 * 1024 * 1024);
@@ -236,7 +222,70 @@ describe("a client waiting for a server", () => {
     await holder.end();
     await pw.stop();
   });
+  it("prepared-statement path: pipelining behind a running DEALLOCATE ALL is paused past 64 KiB, then read on", async () => {
+    const pw = await pooler([
+      { name: "txn", pool_size: 1, min_pool_size: 1, pooler_mode: "transaction" },
+    ]);
+    const raw = await RawClient.connect(pw);
+    await raw.login("txn", "pw", "pooldb");
+    raw.send(
+      Buffer.concat([rawMessage("P", "s1\0select length($1::text)\0\0\0"), rawMessage("S")]),
+    );
+    await raw.until("Z");
+    // Named messages after a query that may deallocate everything wait for its completion
+    // (held back in pgwarden): 1.5 s here.
+    raw.send(queryMessage("select pg_sleep(1.5); deallocate all"));
+    const param = Buffer.alloc(60_000, 0x61);
+    const len = Buffer.alloc(4);
+    len.writeInt32BE(param.length);
+    const bindBody = Buffer.concat([
+      Buffer.from("\0s1\0\0\0\0\x01", "latin1"),
+      len,
+      param,
+      Buffer.from([0, 0]),
+    ]);
+    const one = Buffer.concat([
+      rawMessage("B", bindBody),
+      rawMessage("E", Buffer.from("\0\0\0\0\0", "latin1")),
+      rawMessage("S"),
+    ]);
+    const { offered, taken } = await flood(raw, one);
+    expect(taken).toBeLessThan(16 * 1024 * 1024);
+    expect(offered).toBeLessThan(48 * 1024 * 1024);
+    // DEALLOCATE ALL completes, the hold ends, and the client is read again.
+    await eventually(
+      () => raw.socket.bytesWritten - raw.socket.writableLength > taken,
+      "the client is read again after the hold",
+    );
+    raw.close();
+    const c = await connect(pw, "txn", "pw", "pooldb");
+    expect((await c.query("select 7 as x")).rows[0].x).toBe(7);
+    await c.end();
+    await pw.stop();
+  });
 });
+
+/**
+ * Writes `one` over and over (in 64 KiB blocks, up to 48 MB) until the socket takes no more for
+ * 300 ms. Returns the bytes offered and the bytes that left the client (taken by the peer).
+ */
+async function flood(raw: RawClient, one: Buffer): Promise<{ offered: number; taken: number }> {
+  const block = Buffer.concat(Array.from({ length: Math.ceil(65536 / one.length) }, () => one));
+  let offered = 0;
+  while (offered < 48 * 1024 * 1024) {
+    offered += block.length;
+    if (raw.socket.write(block)) continue;
+    const drained = await new Promise<boolean>((resolve) => {
+      const t = setTimeout(() => resolve(false), 300);
+      raw.socket.once("drain", () => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+    if (!drained) break;
+  }
+  return { offered, taken: raw.socket.bytesWritten - raw.socket.writableLength };
+}
 
 describe("session pooling", () => {
   it("binds a server to the client and resets it with DISCARD ALL before reuse", async () => {

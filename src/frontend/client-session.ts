@@ -159,6 +159,8 @@ export class ClientSession implements LeaseHolder {
   private waitingServerDrain = false;
   private closeWhenIdle = false;
   private pausedForLease = false;
+  /** Paused while the rewriter holds back more than PENDING_PAUSE_BYTES of this client's. */
+  private pausedForHold = false;
   private isAdmin = false;
   /** A protocol error went through the stream: the lease must not be reused. */
   private broken = false;
@@ -784,7 +786,9 @@ export class ClientSession implements LeaseHolder {
       }
       if (this.pausedForLease) {
         this.pausedForLease = false;
-        if (this.state === READY && !this.waitingServerDrain) this.resumeReads();
+        if (this.state === READY && !this.waitingServerDrain && !this.pausedForHold) {
+          this.resumeReads();
+        }
       }
     } catch (err) {
       this.fail(err);
@@ -981,6 +985,12 @@ export class ClientSession implements LeaseHolder {
     if (lease !== null) {
       this.rwFlush();
       rw.retain();
+      // Held back behind a reply still to come (rare): a client that pipelines on is read up
+      // to PENDING_PAUSE_BYTES, then paused until the hold ends (serverData/serverReady).
+      if (rw.holding && !this.pausedForHold && rw.queuedBytes > PENDING_PAUSE_BYTES) {
+        this.pausedForHold = true;
+        this.pauseReads();
+      }
       return;
     }
     rw.retain();
@@ -1157,8 +1167,19 @@ export class ClientSession implements LeaseHolder {
       this.pauseReads();
       lease.onceServerDrain(() => {
         this.waitingServerDrain = false;
-        if (this.state === READY && !this.pausedForLease) this.resumeReads();
+        if (this.state === READY && !this.pausedForLease && !this.pausedForHold) {
+          this.resumeReads();
+        }
       });
+    }
+  }
+
+  /** Replies came while paused for a hold: read on once the rewriter holds nothing back. */
+  private endHold(): void {
+    if (this.rw?.holding === true) return;
+    this.pausedForHold = false;
+    if (this.state === READY && !this.pausedForLease && !this.waitingServerDrain) {
+      this.resumeReads();
     }
   }
 
@@ -1185,6 +1206,7 @@ export class ClientSession implements LeaseHolder {
 
   serverData(data: Buffer): boolean {
     if (this.state === CLOSED) return true;
+    if (this.pausedForHold) this.endHold();
     const ok = this.send(data);
     if (!ok && !this.waitingClientDrain) {
       this.waitingClientDrain = true;
@@ -1197,6 +1219,7 @@ export class ClientSession implements LeaseHolder {
   }
 
   serverReady(status: number): void {
+    if (this.pausedForHold) this.endHold();
     if (this.expectZ > 0) this.expectZ--;
     const lease = this.lease;
     if (lease === null) return;

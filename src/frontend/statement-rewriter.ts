@@ -265,6 +265,13 @@ export class StatementRewriter {
     return this.qi < this.qType.length;
   }
 
+  /** Bytes of client messages not planned yet (held back, or no server leased). */
+  get queuedBytes(): number {
+    let n = 0;
+    for (let j = this.qi; j < this.qType.length; j++) n += this.qEnd[j]! - this.qStart[j]!;
+    return n;
+  }
+
   get attached(): boolean {
     return this.server !== null;
   }
