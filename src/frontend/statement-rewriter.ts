@@ -126,8 +126,15 @@ class ClientName {
   planned: PreparedEntry | null = null;
   unresolved = 0;
   segment = 0;
-  constructor(readonly name: string) {}
+  /** The name's bytes, for lookups by bytes (StatementRewriter.lookup). */
+  readonly key: Buffer;
+  constructor(readonly name: string) {
+    this.key = Buffer.from(name, "latin1");
+  }
 }
+
+/** Slots of the rewriter's cache of names by their bytes (a power of two). */
+const NAME_CACHE_SLOTS = 16;
 
 /** A named client Parse in flight: the name it defines and, if it went to the server, the slot. */
 interface ParseOp {
@@ -181,7 +188,6 @@ class Fifo {
 }
 
 const PIECE_BYTES = -1;
-const EMPTY = Buffer.alloc(0);
 
 export class StatementRewriter {
   readonly registry: StatementRegistry;
@@ -215,11 +221,10 @@ export class StatementRewriter {
   private qi = 0;
   private qCopied = 0;
 
-  // The name last found by its bytes (a client binds the same statement again and again): its
-  // bytes and its record, so that the common Bind costs no string and no hash. A record that
-  // left `names` has `planned === null` and is never returned from here.
-  private lastKey: Buffer = EMPTY;
-  private lastName: ClientName | null = null;
+  // Names recently found by their bytes, in slots by a hash of the bytes: a client binds the
+  // same few statements again and again, and a Bind found here costs no string and no map
+  // lookup. A record that left `names` has `planned === null` and is never returned from here.
+  private readonly nameCache: Array<ClientName | null> = new Array(NAME_CACHE_SLOTS).fill(null);
 
   // Output. A pending range of the client's bytes is merged with the next contiguous one.
   private toServer: Buffer[] = [];
@@ -329,7 +334,7 @@ export class StatementRewriter {
       this.setPlanned(r, null);
     }
     this.names.clear();
-    this.lastName = null;
+    this.nameCache.fill(null);
   }
 
   // ---- client side ----------------------------------------------------------------------------
@@ -500,8 +505,9 @@ export class StatementRewriter {
           this.fifo.push(type === Msg.Close ? K_CLOSE : K_DESCRIBE, null);
           return true;
         }
-        const name = buf.toString("latin1", body + 1, nameEnd);
-        return type === Msg.Close ? this.planClose(name) : this.planDescribe(name);
+        return type === Msg.Close
+          ? this.planClose(buf.toString("latin1", body + 1, nameEnd))
+          : this.planDescribe(buf, body + 1, nameEnd);
       }
       case Msg.Execute: {
         this.inSegment = true;
@@ -638,30 +644,30 @@ export class StatementRewriter {
 
   /** The client's record of the statement named buf[start, end), if it has one. */
   private lookup(buf: Buffer, start: number, end: number): ClientName | undefined {
-    const last = this.lastName;
-    if (last !== null && last.planned !== null) {
-      const key = this.lastKey;
+    let h = 0x811c9dc5; // FNV-1a
+    for (let i = start; i < end; i++) h = Math.imul(h ^ buf[i]!, 0x01000193);
+    const slot = h & (NAME_CACHE_SLOTS - 1);
+    const cached = this.nameCache[slot]!;
+    if (cached !== null && cached.planned !== null) {
+      const key = cached.key;
       const n = end - start;
       if (key.length === n) {
         let i = 0;
         while (i < n && key[i] === buf[start + i]) i++;
-        if (i === n) return last;
+        if (i === n) return cached;
       }
     }
-    const name = buf.toString("latin1", start, end);
-    const r = this.names.get(name);
-    if (r !== undefined) {
-      this.lastName = r;
-      this.lastKey = Buffer.from(name, "latin1");
-    }
+    const r = this.names.get(buf.toString("latin1", start, end));
+    if (r !== undefined) this.nameCache[slot] = r;
     return r;
   }
 
-  private planDescribe(name: string): boolean {
-    const r = this.names.get(name);
+  private planDescribe(buf: Buffer, start: number, end: number): boolean {
+    const r = this.lookup(buf, start, end);
     if (this.waitsOn(r)) return false;
     const entry = r?.planned ?? null;
     if (entry === null) {
+      const name = buf.toString("latin1", start, end);
       this.localError("26000", `prepared statement "${display(name)}" does not exist`);
       return true;
     }
