@@ -21,6 +21,7 @@
 //     message is collected and the query's promise settles at ReadyForQuery.
 // Modes change only between messages (at ReadyForQuery), so one framer serves all three.
 
+import { Buffer } from "node:buffer";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 import tls from "node:tls";

@@ -10,6 +10,7 @@
 // ending in the same failure: a mock SCRAM exchange whose salt is derived from the name and a
 // per-process secret, as PostgreSQL does, so a client cannot probe for user names.
 
+import { Buffer } from "node:buffer";
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { ClientAuthType } from "../config/index.js";
 import {

@@ -30,6 +30,7 @@
 // that saw part of a broken stream is discarded, not reused. Only PgError is written to the
 // client; other failures become a generic FATAL and are logged.
 
+import { Buffer } from "node:buffer";
 import { randomInt } from "node:crypto";
 import type net from "node:net";
 import tls from "node:tls";

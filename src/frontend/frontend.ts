@@ -11,6 +11,7 @@
 // answered `FATAL 53300` and closed. Other listener errors are logged (at most once a second,
 // with a count); the listener keeps listening.
 
+import { Buffer } from "node:buffer";
 import { randomInt, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";

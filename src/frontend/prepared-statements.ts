@@ -22,6 +22,7 @@
 // built from it may still be open in this transaction) and that has nothing in flight; if there
 // is none the cap is exceeded for now and enforced on a later Parse.
 
+import { Buffer } from "node:buffer";
 import { Msg } from "../protocol/index.js";
 
 /** Counters for metrics and SHOW STATS (PgBouncer's ps_client_parse_count and friends). */

@@ -40,6 +40,7 @@
 // a swallowed reply can be cut out) and calls serverMessage for each; `releasable` joins the
 // release decision; `attach` tells what was already in flight when it is switched on mid-lease.
 
+import { Buffer } from "node:buffer";
 import {
   closeComplete,
   errorResponse,

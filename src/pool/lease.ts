@@ -16,6 +16,7 @@
 // crashes every server it runs on must not take the cluster down for ever). More than
 // REPLAY_MAX_BYTES written without an answer: no replay.
 
+import { Buffer } from "node:buffer";
 import type {
   ReplyFilter,
   ServerAttachment,

@@ -29,6 +29,7 @@
 // outlives its role; replacements log in with the new credential. Draining (config change, shutdown) stops checkouts; leased servers
 // close when released.
 
+import type { Buffer } from "node:buffer";
 import { performance } from "node:perf_hooks";
 import type { ServerConnection, ServerOptions, TlsMode } from "../backend/index.js";
 import { ServerConnection as Server } from "../backend/index.js";

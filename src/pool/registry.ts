@@ -12,6 +12,7 @@
 // identity nobody uses any more stops. `generation` changes on every reload so that client
 // sessions re-resolve their pool. One maintenance timer drives every pool's upkeep.
 
+import type { Buffer } from "node:buffer";
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import {

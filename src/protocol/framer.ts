@@ -16,6 +16,7 @@
 // false for good, because the bytes already passed on (a partial header from an earlier chunk,
 // say) cannot be taken back; whoever received them holds a broken stream and must not be reused.
 
+import { Buffer } from "node:buffer";
 import { ProtocolError } from "./reader.js";
 
 export const FRAME_PASS = 0;

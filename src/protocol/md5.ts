@@ -1,6 +1,7 @@
 // PostgreSQL's legacy MD5 password scheme, both sides. It is weak (the stored hash is itself a
 // usable credential), but real servers and old clients still speak it, so a pooler must too.
 
+import { Buffer } from "node:buffer";
 import { createHash, timingSafeEqual } from "node:crypto";
 
 const MD5_SALT_LEN = 4;

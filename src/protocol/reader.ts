@@ -1,6 +1,7 @@
 // Readers for the non-hot paths (startup, authentication, pooler-internal queries): they
 // accumulate bytes and hand out whole messages. The proxy's hot path uses framer.ts instead.
 
+import { Buffer } from "node:buffer";
 import {
   CANCEL_REQUEST_CODE,
   GSSENC_REQUEST_CODE,

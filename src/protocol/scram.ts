@@ -2,6 +2,7 @@
 // username inside the SCRAM messages is ignored because the startup packet already named the role.
 // Pure computation only: callers move the strings in and out of SASL messages.
 
+import { Buffer } from "node:buffer";
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
 import { ProtocolError } from "./reader.js";
 

@@ -1,6 +1,7 @@
 // Message builders, named after the protocol specification. Each returns one Buffer holding a
 // whole message; constant messages are built once.
 
+import { Buffer } from "node:buffer";
 import { AuthCode, CANCEL_REQUEST_CODE, Msg, PROTOCOL_3_0, SSL_REQUEST_CODE } from "./constants.js";
 
 function withBody(type: number, bodyLength: number): { buf: Buffer; off: number } {

@@ -37,6 +37,7 @@
 // fails loudly when it does not, so a Node upgrade that changes them is caught before it silently
 // falls back to the slow path. PGWARDEN_SOCKET_IO=stream forces the stream path (A/B checks).
 
+import { Buffer } from "node:buffer";
 import type net from "node:net";
 import { getSystemErrorName } from "node:util";
 
