@@ -214,11 +214,13 @@ export class StatementRewriter {
 
   // Queue of client pieces not planned yet: a message (type, range, whole length) or more bytes
   // of the message before it (PIECE_BYTES). Planned at plan(); what is held back stays.
-  private qType: number[] = [];
-  private qBuf: Buffer[] = [];
-  private qStart: number[] = [];
-  private qEnd: number[] = [];
-  private qLen: number[] = [];
+  // (Parallel arrays with a count: no push or pop per message.)
+  private qType = new Int32Array(16);
+  private qStart = new Int32Array(16);
+  private qEnd = new Int32Array(16);
+  private qLen = new Int32Array(16);
+  private qBuf: Array<Buffer | null> = new Array(16).fill(null);
+  private qn = 0;
   private qi = 0;
   private qCopied = 0;
 
@@ -258,7 +260,7 @@ export class StatementRewriter {
 
   /** Replies are owed to the client, or client messages wait to be sent. */
   get owesReplies(): boolean {
-    return this.fifo.length > 0 || this.qi < this.qType.length;
+    return this.fifo.length > 0 || this.qi < this.qn;
   }
 
   /** Nothing owed, nothing queued, and the client is between Sync segments. */
@@ -268,13 +270,13 @@ export class StatementRewriter {
 
   /** Client messages are held back until earlier replies arrive. */
   get holding(): boolean {
-    return this.qi < this.qType.length;
+    return this.qi < this.qn;
   }
 
   /** Bytes of client messages not planned yet (held back, or no server leased). */
   get queuedBytes(): number {
     let n = 0;
-    for (let j = this.qi; j < this.qType.length; j++) n += this.qEnd[j]! - this.qStart[j]!;
+    for (let j = this.qi; j < this.qn; j++) n += this.qEnd[j]! - this.qStart[j]!;
     return n;
   }
 
@@ -366,7 +368,7 @@ export class StatementRewriter {
    */
   plan(): void {
     if (this.server === null) throw new Error("StatementRewriter.plan() without a server");
-    const n = this.qType.length;
+    const n = this.qn;
     while (this.qi < n) {
       const i = this.qi;
       const type = this.qType[i]!;
@@ -411,19 +413,33 @@ export class StatementRewriter {
   }
 
   private queue(type: number, buf: Buffer, start: number, end: number, length: number): void {
-    this.qType.push(type);
-    this.qBuf.push(buf);
-    this.qStart.push(start);
-    this.qEnd.push(end);
-    this.qLen.push(length);
+    const j = this.qn;
+    if (j === this.qType.length) this.growQueue();
+    this.qType[j] = type;
+    this.qBuf[j] = buf;
+    this.qStart[j] = start;
+    this.qEnd[j] = end;
+    this.qLen[j] = length;
+    this.qn = j + 1;
+  }
+
+  private growQueue(): void {
+    const n = this.qType.length * 2;
+    const grow = (a: Int32Array<ArrayBuffer>): Int32Array<ArrayBuffer> => {
+      const b = new Int32Array(n);
+      b.set(a);
+      return b;
+    };
+    this.qType = grow(this.qType);
+    this.qStart = grow(this.qStart);
+    this.qEnd = grow(this.qEnd);
+    this.qLen = grow(this.qLen);
+    for (let j = this.qBuf.length; j < n; j++) this.qBuf.push(null);
   }
 
   private clearQueue(): void {
-    empty(this.qType);
-    empty(this.qBuf);
-    empty(this.qStart);
-    empty(this.qEnd);
-    empty(this.qLen);
+    for (let j = 0; j < this.qn; j++) this.qBuf[j] = null;
+    this.qn = 0;
     this.qi = 0;
     this.qCopied = 0;
   }
@@ -435,7 +451,7 @@ export class StatementRewriter {
    * a read it could not have planned.
    */
   retain(): void {
-    const n = this.qType.length;
+    const n = this.qn;
     let j = Math.max(this.qi, this.qCopied);
     while (j < n) {
       const buf = this.qBuf[j]!;
@@ -751,7 +767,7 @@ export class StatementRewriter {
   /** Entries the queued messages after the current one name: not to be evicted now. */
   private entriesAhead(): ReadonlySet<PreparedEntry> | null {
     let out: Set<PreparedEntry> | null = null;
-    for (let j = this.qi + 1; j < this.qType.length; j++) {
+    for (let j = this.qi + 1; j < this.qn; j++) {
       const type = this.qType[j]!;
       if (type !== Msg.Bind && type !== Msg.Describe && type !== Msg.Parse) continue;
       const buf = this.qBuf[j]!;
@@ -856,7 +872,7 @@ export class StatementRewriter {
    */
   serverMessage(type: number, body: Buffer): number {
     const action = this.reply(type, body);
-    if (this.qi < this.qType.length && this.server !== null) this.plan();
+    if (this.qi < this.qn && this.server !== null) this.plan();
     return action;
   }
 
@@ -1055,11 +1071,13 @@ export class StatementRewriter {
   }
 }
 
-/** Offset of the NUL ending the string at `from`, which must lie before `end`. */
+/**
+ * Offset of the NUL ending the string at `from`, which must lie before `end`. (A loop: the
+ * strings looked at are names, a few bytes, where buf.indexOf costs more in its call.)
+ */
 function nul(buf: Buffer, from: number, end: number): number {
-  const i = buf.indexOf(0, from);
-  if (i < 0 || i >= end) throw new ProtocolError("unterminated string in client message");
-  return i;
+  for (let i = from; i < end; i++) if (buf[i] === 0) return i;
+  throw new ProtocolError("unterminated string in client message");
 }
 
 /** Client names are kept as latin1 (byte-exact map keys); messages show them as UTF-8. */
