@@ -33,7 +33,10 @@
 //
 // Cost. A client that never sends a named Parse never gets a rewriter. With one, the common
 // case (Bind of a held statement, Execute, Sync) is one small buffer (Bind header, portal, new
-// name) and one subarray for the rest of the chunk; no message body is copied.
+// name) and one subarray for the rest of the chunk; no message body is copied, and the Bind's
+// statement is found by the bytes of its name (a small cache: no string, no map lookup). The
+// client's bytes are ranges of its socket's reused read buffer: what is planned at once is
+// sent at once; what must wait is copied (retain()).
 //
 // Wiring (the session and the server pump): every client message goes through the rewriter
 // once it is on, in order; the server pump reports REPLY_TYPES whole (never half forwarded, so
