@@ -763,6 +763,32 @@ const STATES: State[] = [
       return { what: "logged in", seeds: seedsFrom(rng, LOGGED_IN_KINDS), kinds: LOGGED_IN_KINDS };
     },
   },
+  {
+    id: "i",
+    title: "named statements held back behind a running DEALLOCATE ALL (statement rewriter on)",
+    // Each case holds a server while its query sleeps: no more cases than servers.
+    perBatch: FUZZ_POOL_SIZE,
+    async setup(conn, rng) {
+      await loginFuzz(conn);
+      conn.write(Buffer.concat([fe.parse("fz1", "select 1"), fe.sync()]));
+      await conn.readUntil("Z");
+      // The query sleeps, then drops every prepared statement: the rewriter holds the Bind of
+      // fz1 sent after it, and whatever the fuzz sends next, until it completes.
+      conn.write(
+        Buffer.concat([
+          fe.query("select pg_sleep(0.3); deallocate all"),
+          fe.bind("", "fz1", []),
+          fe.execute("", 0),
+          fe.sync(),
+        ]),
+      );
+      return {
+        what: "fz1 prepared; DEALLOCATE ALL running, a Bind of fz1 held back behind it",
+        seeds: seedsFrom(rng, LOGGED_IN_KINDS),
+        kinds: LOGGED_IN_KINDS,
+      };
+    },
+  },
 ];
 
 let waitingSeen = 0;
