@@ -233,8 +233,8 @@ describe("a client that floods while it waits", () => {
     );
     await raw.until("Z");
     // Named messages after a query that may deallocate everything wait for its completion
-    // (held back in pgwarden): 1.5 s here.
-    raw.send(queryMessage("select pg_sleep(1.5); deallocate all"));
+    // (held back in pgwarden): 3 s here, well past the flood below even on a loaded machine.
+    raw.send(queryMessage("select pg_sleep(3); deallocate all"));
     const param = Buffer.alloc(60_000, 0x61);
     const len = Buffer.alloc(4);
     len.writeInt32BE(param.length);
