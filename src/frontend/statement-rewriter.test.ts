@@ -65,14 +65,20 @@ interface Sent {
   parts: Buffer[];
 }
 
-/** The client sends these messages in one chunk; returns what the rewriter produced. */
-function send(rw: StatementRewriter, ...msgs: Buffer[]): Sent & { chunk: Buffer } {
+/** Hands the rewriter these messages as ranges of one chunk (as the session does); returns it. */
+function handOver(rw: StatementRewriter, msgs: Buffer[]): Buffer {
   const chunk = Buffer.concat(msgs);
   let off = 0;
   for (const m of msgs) {
     rw.clientMessage(m[0]!, chunk, off, off + m.length);
     off += m.length;
   }
+  return chunk;
+}
+
+/** The client sends these messages in one chunk; returns what the rewriter produced. */
+function send(rw: StatementRewriter, ...msgs: Buffer[]): Sent & { chunk: Buffer } {
+  const chunk = handOver(rw, msgs);
   rw.plan();
   const parts = [...rw.takeServer()];
   return {
@@ -839,13 +845,7 @@ describe("the caller's buffers", () => {
   it("messages handed over before a lease survive the buffer's reuse with retain()", () => {
     const registry = new StatementRegistry(100);
     const rw = new StatementRewriter(registry);
-    const msgs = [parse("a", "select 1"), bind("", "a"), execute(), sync];
-    const chunk = Buffer.concat(msgs);
-    let off = 0;
-    for (const m of msgs) {
-      rw.clientMessage(m[0]!, chunk, off, off + m.length);
-      off += m.length;
-    }
+    const chunk = handOver(rw, [parse("a", "select 1"), bind("", "a"), execute(), sync]);
     rw.retain();
     chunk.fill(0x7a);
     rw.attach(registry.newServer());
