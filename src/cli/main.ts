@@ -17,7 +17,7 @@ import {
 import { Frontend, type StatementRegistry, setMockSecret } from "../frontend/index.js";
 import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
 import { PoolRegistry } from "../pool/index.js";
-import { createLogger, errorMessage, type Logger } from "../util/index.js";
+import { createLogger, errorMessage, type Logger, singleFlightReload } from "../util/index.js";
 
 const USAGE = `usage: pgwarden [--config pgwarden.toml] [--users users.toml]
 
@@ -157,38 +157,28 @@ async function runInstance(
     process.on("SIGINT", () => void shutdown("SIGINT"));
   }
   /** Reads and validates both files; applies them as a diff, or changes nothing. */
-  let reloading: Promise<{ text: string; fields: Record<string, unknown> }> | null = null;
-  const reloadHere = (trigger: string) => {
-    reloading ??= (async () => {
-      try {
-        const next = load();
-        // Everything that can fail is read before anything is applied.
-        const tlsContext = Frontend.tlsContextFor(next);
-        const result = await registry.reload(share(next));
-        frontend.applyConfig(share(next), tlsContext);
-        const changedGeneral = diffConfig(config, next).general;
-        const needsRestart = changedGeneral.filter((k) => RESTART_KEYS.has(k));
-        config = next;
-        const fields = { ...result, general: changedGeneral, needs_restart: needsRestart };
-        // With workers, the primary logs "configuration reloaded" once every worker has.
-        logger.info(
-          { trigger, ...fields },
-          link ? "worker configuration reloaded" : "configuration reloaded",
-        );
-        const text = `reloaded: ${result.added.length} added, ${result.removed.length} removed, ${result.replaced.length} replaced, ${result.resized.length} resized, ${result.kept.length} unchanged`;
-        return { text, fields };
-      } catch (err) {
-        logger.error(
-          { trigger, err: errorMessage(err) },
-          "configuration reload failed; keeping the running configuration",
-        );
-        throw err;
-      }
-    })().finally(() => {
-      reloading = null;
-    });
-    return reloading;
-  };
+  const reloadHere = singleFlightReload(logger, async (trigger: string) => {
+    const next = load();
+    // Everything that can fail is read before anything is applied.
+    const tlsContext = Frontend.tlsContextFor(next);
+    const result = await registry.reload(share(next));
+    frontend.applyConfig(share(next), tlsContext);
+    const changedGeneral = diffConfig(config, next).general;
+    const needsRestart = changedGeneral.filter((k) => RESTART_KEYS.has(k));
+    config = next;
+    const fields: Record<string, unknown> = {
+      ...result,
+      general: changedGeneral,
+      needs_restart: needsRestart,
+    };
+    // With workers, the primary logs "configuration reloaded" once every worker has.
+    logger.info(
+      { trigger, ...fields },
+      link ? "worker configuration reloaded" : "configuration reloaded",
+    );
+    const text = `reloaded: ${result.added.length} added, ${result.removed.length} removed, ${result.replaced.length} replaced, ${result.resized.length} resized, ${result.kept.length} unchanged`;
+    return { text, fields };
+  });
   const reload = (trigger: string): Promise<string> => reloadHere(trigger).then((r) => r.text);
   if (!link) process.on("SIGHUP", () => void reload("SIGHUP").catch(() => {}));
 

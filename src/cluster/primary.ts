@@ -35,7 +35,7 @@ import {
   identityFor,
 } from "../credentials/index.js";
 import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
-import { errorMessage, type Logger } from "../util/index.js";
+import { type Logger, singleFlightReload } from "../util/index.js";
 import { Channel } from "./ipc.js";
 import { mergeSnapshots, type WorkerSnapshot } from "./snapshots.js";
 
@@ -113,35 +113,21 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
     );
   };
 
-  let reloading: Promise<string> | null = null;
-  const reload = (trigger: string): Promise<string> => {
-    reloading ??= (async () => {
-      try {
-        const next = opts.load();
-        host.learn(identities(next));
-        const results = await everyWorker<{ text: string; fields: Record<string, unknown> }>(
-          "reload",
-          trigger,
-        );
-        config = next;
-        const first = results[0];
-        logger.info(
-          { trigger, workers: results.length, ...(first?.fields ?? {}) },
-          "configuration reloaded",
-        );
-        return first?.text ?? "reloaded";
-      } catch (err) {
-        logger.error(
-          { trigger, err: errorMessage(err) },
-          "configuration reload failed; keeping the running configuration",
-        );
-        throw err;
-      }
-    })().finally(() => {
-      reloading = null;
-    });
-    return reloading;
-  };
+  const reload = singleFlightReload(logger, async (trigger: string): Promise<string> => {
+    const next = opts.load();
+    host.learn(identities(next));
+    const results = await everyWorker<{ text: string; fields: Record<string, unknown> }>(
+      "reload",
+      trigger,
+    );
+    config = next;
+    const first = results[0];
+    logger.info(
+      { trigger, workers: results.length, ...(first?.fields ?? {}) },
+      "configuration reloaded",
+    );
+    return first?.text ?? "reloaded";
+  });
 
   let metricsServer: MetricsServer | null = null;
   const shutdown = async (signal: string, code = 0) => {

@@ -1,0 +1,43 @@
+import { describe, expect, it } from "vitest";
+import { silentLogger } from "./logger.js";
+import { singleFlightReload } from "./reload.js";
+
+describe("singleFlightReload", () => {
+  it("joins a reload asked for while one runs, and starts a new one after", async () => {
+    let runs = 0;
+    let release: () => void = () => {};
+    const reload = singleFlightReload(silentLogger(), async (trigger) => {
+      runs++;
+      await new Promise<void>((r) => {
+        release = r;
+      });
+      return `${trigger} ${runs}`;
+    });
+    const a = reload("SIGHUP");
+    const b = reload("RELOAD");
+    expect(b).toBe(a);
+    release();
+    expect(await a).toBe("SIGHUP 1");
+    const c = reload("RELOAD");
+    release();
+    expect(await c).toBe("RELOAD 2");
+    expect(runs).toBe(2);
+  });
+
+  it("logs a failure once, rethrows it, and lets the next reload run", async () => {
+    const errors: unknown[] = [];
+    const logger = silentLogger();
+    logger.error = ((obj: unknown) => {
+      errors.push(obj);
+    }) as typeof logger.error;
+    let fail = true;
+    const reload = singleFlightReload(logger, async () => {
+      if (fail) throw new Error("bad key");
+      return "ok";
+    });
+    await expect(Promise.all([reload("SIGHUP"), reload("RELOAD")])).rejects.toThrow("bad key");
+    expect(errors).toEqual([{ trigger: "SIGHUP", err: "bad key" }]);
+    fail = false;
+    expect(await reload("RELOAD")).toBe("ok");
+  });
+});
