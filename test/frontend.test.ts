@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runPsql } from "./harness/clients.js";
 import { type Pgwarden, startPgwarden } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
-import { connect, loginError, rawExchange, sleep } from "./helpers.js";
+import { connect, loginError, rawExchange, sendCancel, sleep, sleepingClient } from "./helpers.js";
 import { makeCerts } from "./tls-certs.js";
 
 let cluster: PgCluster;
@@ -190,30 +190,21 @@ describe("welcome and cancel", () => {
   });
 
   it("cancels the running query with the owner's key, and not with a wrong key", async () => {
-    const victim = await connect(pw, "app", "client-secret", "appdb");
-    // biome-ignore lint/suspicious/noExplicitAny: node-pg internals carry the key
-    const { processID, secretKey } = victim as any as { processID: number; secretKey: number };
-    const running = victim.query("select pg_sleep(30)").then(
-      () => null,
-      (e: { code: string }) => e.code,
-    );
+    const {
+      client: victim,
+      processID,
+      secretKey,
+      outcome: running,
+    } = await sleepingClient(pw, "app", "client-secret", "appdb", 30);
     await sleep(300);
-    const cancelPkt = (pid: number, secret: number) => {
-      const b = Buffer.alloc(16);
-      b.writeInt32BE(16, 0);
-      b.writeInt32BE(80877102, 4);
-      b.writeInt32BE(pid, 8);
-      b.writeInt32BE(secret, 12);
-      return b;
-    };
-    await rawExchange(pw, cancelPkt(processID, secretKey ^ 1), 300);
+    await sendCancel(pw, processID, secretKey ^ 1);
     await sleep(500);
     const stillRunning = await Promise.race([
       running.then(() => false),
       sleep(200).then(() => true),
     ]);
     expect(stillRunning).toBe(true);
-    await rawExchange(pw, cancelPkt(processID, secretKey), 300);
+    await sendCancel(pw, processID, secretKey);
     expect(await running).toBe("57014");
     expect((await victim.query("select 'alive' as s")).rows[0].s).toBe("alive");
     await victim.end();

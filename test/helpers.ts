@@ -1,6 +1,7 @@
 // Small helpers shared by the integration tests.
 import net from "node:net";
 import pg from "pg";
+import { cancelRequest } from "../src/protocol/index.js";
 import type { Pgwarden } from "./harness/pgwarden.js";
 
 export async function connect(
@@ -103,4 +104,35 @@ export function logLines(pw: Pgwarden): Array<Record<string, unknown>> {
     }
   }
   return out;
+}
+
+/**
+ * A client running `select pg_sleep(seconds)`, with the cancel key pgwarden gave it: `outcome`
+ * is the query's SQLSTATE if it failed (57014 when cancelled), else "done".
+ */
+export async function sleepingClient(
+  pw: { host: string; port: number },
+  user: string,
+  password: string,
+  database: string,
+  seconds: number,
+): Promise<{ client: pg.Client; processID: number; secretKey: number; outcome: Promise<string> }> {
+  const client = await connect(pw, user, password, database);
+  // biome-ignore lint/suspicious/noExplicitAny: node-pg internals carry the key
+  const { processID, secretKey } = client as any as { processID: number; secretKey: number };
+  const outcome = client.query(`select pg_sleep(${seconds})`).then(
+    () => "done",
+    (e: { code: string }) => e.code,
+  );
+  return { client, processID, secretKey, outcome };
+}
+
+/** Sends a CancelRequest for this key on a new connection, as libpq does. */
+export function sendCancel(
+  pw: { host: string; port: number },
+  processID: number,
+  secretKey: number,
+  waitMs = 300,
+): Promise<Buffer> {
+  return rawExchange(pw, cancelRequest(processID | 0, secretKey | 0), waitMs);
 }

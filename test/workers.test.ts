@@ -8,19 +8,10 @@ import { parsePgbench, runPgbench } from "./harness/clients.js";
 import { type Pgwarden, startPgwarden, workerPids } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
 import { freePort } from "./harness/procs.js";
-import { connect, eventually, rawExchange, sleep } from "./helpers.js";
+import { connect, eventually, sendCancel, sleep, sleepingClient } from "./helpers.js";
 import { startIdentityEnv } from "./identity-env.js";
 
 const ADMIN = { name: "admin", user: "ops", password: "ops-secret" };
-
-function cancelPacket(pid: number, secret: number): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeInt32BE(16, 0);
-  b.writeInt32BE(80877102, 4);
-  b.writeInt32BE(pid, 8);
-  b.writeInt32BE(secret, 12);
-  return b;
-}
 
 /** The worker a client's cancel key names (low 7 bits of its BackendKeyData pid). */
 // biome-ignore lint/suspicious/noExplicitAny: node-pg keeps the key on the client
@@ -105,17 +96,16 @@ describe("workers = 2", () => {
         .slice(from)
         .filter((l) => l.includes("routed to the worker that owns")).length;
     for (let i = 0; i < 4 || (i < 24 && (owners.size < 2 || routed() === 0)); i++) {
-      const victim = await connect(pw, "app", "client-pw", "appdb");
-      // biome-ignore lint/suspicious/noExplicitAny: node-pg internals carry the key
-      const { processID, secretKey } = victim as any as { processID: number; secretKey: number };
-      const running = victim.query("select pg_sleep(30)").then(
-        () => null,
-        (e: { code: string }) => e.code,
-      );
+      const {
+        client: victim,
+        processID,
+        secretKey,
+        outcome: running,
+      } = await sleepingClient(pw, "app", "client-pw", "appdb", 30);
       await sleep(200);
       await Promise.all([
-        rawExchange(pw, cancelPacket(processID, secretKey), 300),
-        sleep(20).then(() => rawExchange(pw, cancelPacket(processID, secretKey), 300)),
+        sendCancel(pw, processID, secretKey),
+        sleep(20).then(() => sendCancel(pw, processID, secretKey)),
       ]);
       const code = await Promise.race([running, sleep(5000).then(() => "still running")]);
       expect(code).toBe("57014");
@@ -128,15 +118,14 @@ describe("workers = 2", () => {
   }, 60_000);
 
   it("a wrong secret cancels nothing, on either worker", async () => {
-    const victim = await connect(pw, "app", "client-pw", "appdb");
-    // biome-ignore lint/suspicious/noExplicitAny: node-pg internals carry the key
-    const { processID, secretKey } = victim as any as { processID: number; secretKey: number };
-    const running = victim.query("select pg_sleep(1.5)").then(
-      () => "done",
-      (e: { code: string }) => e.code,
-    );
+    const {
+      client: victim,
+      processID,
+      secretKey,
+      outcome: running,
+    } = await sleepingClient(pw, "app", "client-pw", "appdb", 1.5);
     await sleep(200);
-    for (let i = 0; i < 4; i++) await rawExchange(pw, cancelPacket(processID, secretKey ^ 1), 100);
+    for (let i = 0; i < 4; i++) await sendCancel(pw, processID, secretKey ^ 1, 100);
     expect(await running).toBe("done");
     await victim.end();
   });
