@@ -57,8 +57,8 @@
 // Knobs (environment):
 //   BENCH_SECONDS          seconds per standard pgbench run (-T)                default 15
 //   BENCH_TARGETS          comma list of pgwarden, pgbouncer-latest, pgbouncer-system, direct,
-//                          pgwarden-2w, pgwarden-b (pgbouncer = both PgBouncers)
-//                                                      default all but pgwarden-2w and -b
+//                          pgwarden-2w, pgwarden-b, node-floor (pgbouncer = both PgBouncers)
+//                                                      default all but pgwarden-2w, -b, node-floor
 //   BENCH_B_MAIN, BENCH_B_ENV  pgwarden-b runs this dist/cli/main.js and/or with these
 //                          variables ("NAME=value,..."): an A/B of two builds or settings
 //   BENCH_WORKLOADS        comma list of select-only, tpcb-like; none = no standard rows
@@ -90,6 +90,12 @@
 //                          installs it from the npm registry into .tmp/node24); or put its
 //                          directory first on PATH. The machine's node (20) works as well.
 //
+// The floor. BENCH_TARGETS also takes node-floor: bench/node-floor.mjs, a 1:1 byte forwarder
+// (no pool, no parsing) on pgwarden's socket layer, run by the node that runs pgwarden. Every
+// byte pgwarden forwards costs it at least that read and that write, so node-floor's µs/txn is
+// the least a Node.js proxy spends per transaction here; its TPS is not comparable (one
+// PostgreSQL backend per client instead of a pool of BENCH_POOL_SIZE).
+//
 // Workers (design §6). BENCH_TARGETS also takes pgwarden-2w: pgwarden with `workers = 2` (a
 // primary and two workers; its CPU and RSS are summed over all three processes, as for any
 // target's process tree). Only the worker rows:
@@ -101,7 +107,7 @@
 //       BENCH_IDLE_CLIENTS=10000 npm run bench
 //   Provider calls per identity with 2 workers: BENCH_WORKERS=2 npm run bench:credentials
 // `node bench/pgbench.mjs --help` prints this text.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -111,7 +117,7 @@ import { ROOT, transpileTestSupport } from "./test-modules.mjs";
 const PASSWORD = "bench-password";
 const TARGETS = ["pgwarden", "pgbouncer-latest", "pgbouncer-system", "direct"];
 /** Targets run only when named in BENCH_TARGETS: pgwarden with `workers = 2`, and pgwarden-b (A/B). */
-const EXTRA_TARGETS = ["pgwarden-2w", "pgwarden-b"];
+const EXTRA_TARGETS = ["pgwarden-2w", "pgwarden-b", "node-floor"];
 const WORKLOADS = ["select-only", "tpcb-like"];
 const PROTOCOLS = ["simple", "extended", "prepared"];
 const RESTART_CLIENTS = 20;
@@ -497,9 +503,48 @@ async function startTargets(h, cluster, started) {
       await bouncer(key, bin, version, {});
     } else if (key === "direct") {
       targets.push({ key, name: "direct", host: cluster.host, port: cluster.port });
+    } else if (key === "node-floor") {
+      log("starting node-floor");
+      const floor = await startNodeFloor(cluster);
+      started.push(floor);
+      targets.push({ key, name: key, host: "127.0.0.1", port: floor.port, pid: floor.proc.pid });
     }
   }
   return { targets, notes };
+}
+
+/**
+ * bench/node-floor.mjs, a 1:1 byte forwarder on pgwarden's socket layer (no pooling, no parsing),
+ * on the node that runs pgwarden: the least CPU per transaction a Node.js proxy spends.
+ */
+async function startNodeFloor(cluster) {
+  const node = process.execPath;
+  const proc = spawn(
+    node,
+    [join(ROOT, "bench", "node-floor.mjs"), "0", cluster.host, String(cluster.port)],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
+  const port = await new Promise((resolve, reject) => {
+    let out = "";
+    proc.stdout.on("data", (d) => {
+      out += d;
+      const m = /listening (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.once("exit", (code) => reject(new Error(`node-floor exited with ${code}`)));
+  });
+  return {
+    proc,
+    port,
+    stop: async () => {
+      if (proc.exitCode !== null) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGTERM");
+      await exited;
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -898,7 +943,7 @@ async function main() {
     // restart rows
     const restart = [];
     if (cfg.restart) {
-      for (const target of targets.filter((t) => t.key !== "direct")) {
+      for (const target of targets.filter((t) => t.key !== "direct" && t.key !== "node-floor")) {
         log(
           `restart row ${target.name}: ${cfg.restartSeconds} s, restart after ${cfg.restartSeconds / 2} s`,
         );
