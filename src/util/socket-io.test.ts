@@ -59,6 +59,29 @@ describe("SocketIO", () => {
     // streamBaseState, kReadBytesOrError, kArrayBufferOffset, kLastWriteWasAsync) or the TCP
     // handle's onread/readStart/readStop/writeBuffer changed. Adapt src/util/socket-io.ts.
     expect(SocketIO.native).toBe(true);
+    // Buffer[Symbol.species] is Node's own Buffer class (FastBuffer), which reads use to make
+    // their views; if not, reads fall back to subarray (slower on Node 20).
+    expect(SocketIO.fastViews).toBe(true);
+  });
+
+  it("hands on reads as Buffers (views of its read buffer), valid during the callback", async () => {
+    const { client, accepted } = await pair();
+    const seen: Array<{ isBuffer: boolean; proto: boolean; bytes: string }> = [];
+    takeOver(accepted, (c) =>
+      seen.push({
+        isBuffer: Buffer.isBuffer(c),
+        proto: Object.getPrototypeOf(c) === Buffer.prototype,
+        bytes: c.toString("latin1"),
+      }),
+    );
+    client.write("abc");
+    await until(() => seen.length === 1);
+    client.write("de");
+    await until(() => seen.length === 2);
+    expect(seen).toEqual([
+      { isBuffer: true, proto: true, bytes: "abc" },
+      { isBuffer: true, proto: true, bytes: "de" },
+    ]);
   });
 
   it("a plain TCP socket goes direct: reads in order, writes without Writable", async () => {

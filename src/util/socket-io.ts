@@ -96,6 +96,27 @@ function loadInternals(): Internals | null {
 
 const internals = loadInternals();
 
+/**
+ * Node's own Buffer class (FastBuffer, what Buffer's views are), which TypedArray methods reach
+ * through `Buffer[Symbol.species]`. `new ViewOf(arrayBuffer, 0, n)` is the view a read hands on:
+ * on Node 20, `buf.subarray(0, n)` costs about four times as much (it reads `buf.buffer`, a
+ * runtime call, and checks its arguments in JavaScript). Checked at load: anything but a Buffer
+ * subclass whose instances are Buffers falls back to subarray.
+ */
+type ViewCtor = new (ab: ArrayBuffer, offset: number, length: number) => Buffer;
+const ViewOf: ViewCtor | null = (() => {
+  const C = (Buffer as unknown as Record<symbol, unknown>)[Symbol.species];
+  if (typeof C !== "function") return null;
+  try {
+    const probe = new (C as ViewCtor)(new ArrayBuffer(2), 1, 1);
+    return Buffer.isBuffer(probe) && probe.length === 1 && probe.byteOffset === 1
+      ? (C as ViewCtor)
+      : null;
+  } catch {
+    return null;
+  }
+})();
+
 /** A WriteWrap no write holds: the next direct write uses it. */
 let spareReq: WriteReq | null = null;
 
@@ -145,6 +166,8 @@ function handleOf(socket: net.Socket): StreamHandle | null {
 export class SocketIO {
   /** True when this Node version offers the internals of the direct path. */
   static readonly native = internals !== null;
+  /** True when reads are handed on as views made by Node's own Buffer class (see ViewOf). */
+  static readonly fastViews = ViewOf !== null;
 
   readonly socket: net.Socket;
   /** Reads and writes go straight to the handle (false: the stream path). */
@@ -175,18 +198,21 @@ export class SocketIO {
     }
     const { state, kReadBytesOrError } = internals!;
     const nodeOnread = handle.onread;
+    // allocUnsafeSlow: a buffer of its own (offset 0 in its ArrayBuffer), not a pool slice
     let buf = Buffer.allocUnsafeSlow(readBufferSize);
+    let ab = buf.buffer as ArrayBuffer;
     handle.useUserBuffer(buf);
     handle.onread = function onread(this: StreamHandle, arrayBuffer: ArrayBuffer | undefined) {
       const n = state[kReadBytesOrError]!;
       if (n > 0) {
         if (socket.destroyed) return undefined;
         chunkRetained = false;
-        onChunk(buf.subarray(0, n));
+        onChunk(ViewOf !== null ? new ViewOf(ab, 0, n) : buf.subarray(0, n));
         if (!chunkRetained) return undefined;
         chunkRetained = false;
         // The handle reads into the buffer returned here from the next read on.
         buf = Buffer.allocUnsafeSlow(readBufferSize);
+        ab = buf.buffer as ArrayBuffer;
         return buf;
       }
       if (n === 0) return undefined;
