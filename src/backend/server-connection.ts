@@ -177,6 +177,8 @@ export class ServerConnection {
   closeReason = "";
   /** Set by RECONNECT: close instead of reuse when next released. */
   markForClose = false;
+  /** Its index in its pool's leased servers, -1 when not leased (owned by pool.ts). */
+  leasedSlot = -1;
   /** Prepared statements held on this server (frontend state, see ServerAttachment). */
   prepared: ServerAttachment | null = null;
   /** Which credential of its pool's source it logged in with (0 = a static password). */

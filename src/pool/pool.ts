@@ -1,7 +1,7 @@
 // Pool: the server connections of one (user, database) pair.
 //
 // Model: a server connection is idle (on the `idle` stack, LIFO so that the busiest connections
-// stay warm and the others age out by idle_timeout), leased (`leased` set, attached to exactly
+// stay warm and the others age out by idle_timeout), leased (in `leased`, attached to exactly
 // one client through a Lease), or being opened (`connecting` count). Clients that find no idle
 // server wait in a FIFO queue with their own checkout_timeout; every connection that becomes
 // free (released clean, or newly opened) goes to the head waiter first (its LeaseHolder is
@@ -113,6 +113,41 @@ export function isTransientConnectFailure(err: unknown): boolean {
   }
 }
 
+/**
+ * The leased servers of a pool: an array in which each server knows its slot
+ * (ServerConnection.leasedSlot; a server belongs to one pool), so that a lease and a release
+ * cost a store or two each, not a Map's hashing and rehashing.
+ */
+export class LeasedServers {
+  private readonly list: ServerConnection[] = [];
+
+  get size(): number {
+    return this.list.length;
+  }
+
+  add(server: ServerConnection): void {
+    if (server.leasedSlot >= 0) return;
+    server.leasedSlot = this.list.length;
+    this.list.push(server);
+  }
+
+  delete(server: ServerConnection): void {
+    const i = server.leasedSlot;
+    if (i < 0 || this.list[i] !== server) return;
+    const last = this.list.pop()!;
+    if (last !== server) {
+      this.list[i] = last;
+      last.leasedSlot = i;
+    }
+    server.leasedSlot = -1;
+  }
+
+  /** A copy: the caller may lease or release while it goes through them. */
+  keys(): ServerConnection[] {
+    return this.list.slice();
+  }
+}
+
 /** Wait tickets, unique in the process (a holder may wait in one pool, then in another). */
 let nextTicket = 1;
 
@@ -120,7 +155,7 @@ export class Pool {
   readonly name: string;
   settings: PoolSettings;
   readonly idle: ServerConnection[] = [];
-  readonly leased = new Map<ServerConnection, Lease>();
+  readonly leased = new LeasedServers();
   connecting = 0;
   /** Waiting holders in arrival order, each with the ticket it waits under and since when. */
   private readonly waitHolders = new Queue<LeaseHolder>();
@@ -310,7 +345,7 @@ export class Pool {
       return;
     }
     if (reset) {
-      this.leased.set(server, lease); // still unavailable while resetting
+      this.leased.add(server); // still unavailable while resetting
       server.query("DISCARD ALL").then(
         () => {
           this.leased.delete(server);
@@ -512,9 +547,8 @@ export class Pool {
   }
 
   private lease(server: ServerConnection, holder: LeaseHolder): Lease {
-    const lease = new Lease(this, server, holder);
-    this.leased.set(server, lease);
-    return lease;
+    this.leased.add(server);
+    return new Lease(this, server, holder);
   }
 
   /** Gives a free server to the head waiter, or puts it on the idle stack. */
