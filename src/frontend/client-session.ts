@@ -771,7 +771,8 @@ export class ClientSession implements LeaseHolder {
       this.pendingBytes = 0;
       for (let i = 0; i < chunks.length; i++) {
         if (this.state !== READY || this.lease !== lease) break;
-        this.toServer(lease, chunks[i]!);
+        // (pending chunks are this session's own copies: see queuePending)
+        if (!lease.writeOwned(chunks[i]!)) this.waitServerDrain(lease);
       }
       while (chunks.length > 0) chunks.pop(); // (a length store is a runtime call)
       if (this.state !== READY || this.lease !== lease) return;

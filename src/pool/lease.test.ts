@@ -69,6 +69,35 @@ describe("Lease replay", () => {
     expect(lease.isReleased).toBe(true);
   });
 
+  it("keeps bytes the session owns (writeOwned) by reference when they come first", () => {
+    const { server, lease, lost } = setup();
+    const owned = Buffer.from("select 1"); // a chunk that waited for the lease: the session's copy
+    lease.writeOwned(owned);
+    server.owner!.serverLost(shutdown(), false);
+    expect(lost[0]!.replay).toHaveLength(1);
+    expect(lost[0]!.replay![0]).toBe(owned);
+  });
+
+  it("copies once more is written after owned bytes, in order, whatever comes first", () => {
+    for (const order of ["owned first", "view first"]) {
+      const { server, lease, lost } = setup();
+      const owned = Buffer.from("owned;");
+      const view = Buffer.alloc(3000, "v"); // past the first scratch size: it grows
+      if (order === "owned first") {
+        lease.writeOwned(owned);
+        lease.write(view);
+      } else {
+        lease.write(view);
+        lease.writeOwned(owned);
+      }
+      view.fill("x"); // the view's read buffer is reused
+      server.owner!.serverLost(shutdown(), false);
+      const parts =
+        order === "owned first" ? ["owned;", "v".repeat(3000)] : ["v".repeat(3000), "owned;"];
+      expect(lost[0]!.replay!.map((b) => b.toString())).toEqual([parts.join("")]);
+    }
+  });
+
   it("drops them at the server's first byte: the client's work was cut", () => {
     const { server, lease, lost } = setup();
     lease.write(Buffer.from("q"));
@@ -95,11 +124,12 @@ describe("Lease replay", () => {
     };
     // the server may have run them (a commit whose reply was lost with the socket)
     expect(attempt(socketLoss())).toBeNull();
-    // each replay is written first on the next lease, as the session does
+    // each replay is written first on the next lease, as the session does (it waited for the
+    // lease, so it is written as the session's own bytes)
     let next: Buffer = Buffer.from("select 2");
     const attempt2 = (err: Error) => {
       const { server, lease, lost } = setup();
-      lease.write(next);
+      lease.writeOwned(next);
       server.owner!.serverLost(err, false);
       const r = lost[0]!.replay;
       if (r !== null) next = r[0]!;

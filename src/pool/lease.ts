@@ -5,7 +5,8 @@
 // Replay: a lease that starts with its server at a transaction boundary keeps a copy of the
 // bytes the client writes on it (in a scratch buffer of the server connection, reused from lease
 // to lease: the client's chunks are views of its socket's read buffer, valid only while they are
-// handled) until the first byte of server output comes back (ServerOwner.serverAnswered). If the server dies before that
+// handled; bytes that waited for the lease are the session's own copy already, and are kept by
+// reference when they come first: writeOwned) until the first byte of server output comes back (ServerOwner.serverAnswered). If the server dies before that
 // (socket closed or reset, or a shutdown FATAL the connection did not forward), nothing the
 // client could see happened, and the holder gets those chunks in serverLost to run them on
 // another server. PostgreSQL flushes a reply (or a commit's CommandComplete) before a FATAL, so
@@ -63,10 +64,13 @@ export class Lease implements ServerOwner {
   private released = false;
   /**
    * The lease began at a transaction boundary and the server has not answered yet: what the
-   * client wrote (`replayBytes` bytes) is copied in the server's replayScratch.
+   * client wrote (`replayBytes` bytes) is copied in the server's replayScratch (or, when it is
+   * one write of bytes the client session owns, kept as `replayFirst`).
    */
   private replaying: boolean;
   private replayBytes = 0;
+  /** The record when it is one write of bytes the writer owns (writeOwned): no copy made. */
+  private replayFirst: Buffer | null = null;
   /** How often the first bytes written on this lease were replayed already. */
   private replayTimes = 0;
 
@@ -107,25 +111,48 @@ export class Lease implements ServerOwner {
   }
 
   write(data: Buffer): boolean {
-    if (this.replaying) this.record(data);
+    if (this.replaying) this.record(data, false);
     return this.server.write(data);
   }
 
-  private record(data: Buffer): void {
+  /**
+   * As write, for bytes the caller owns and never changes (its own copy, e.g. bytes that waited
+   * for this lease): when they are the first written, the replay record keeps them by
+   * reference instead of copying them again.
+   */
+  writeOwned(data: Buffer): boolean {
+    if (this.replaying) this.record(data, true);
+    return this.server.write(data);
+  }
+
+  private record(data: Buffer, owned: boolean): void {
     const at = this.replayBytes;
     const end = at + data.length;
     if (end > REPLAY_MAX_BYTES) {
       this.stopReplay();
       return;
     }
-    if (at === 0) this.replayTimes = replayed.get(data) ?? 0;
+    if (at === 0) {
+      this.replayTimes = replayed.get(data) ?? 0;
+      if (owned) {
+        this.replayFirst = data;
+        this.replayBytes = end;
+        return;
+      }
+    }
+    // More than one owned write: from here on the record is a copy in the scratch buffer.
+    const first = this.replayFirst;
     let scratch = this.server.replayScratch;
     if (scratch === null || scratch.length < end) {
       const size = Math.max(end, Math.min(REPLAY_MAX_BYTES, (scratch?.length ?? 512) * 2));
       const grown = Buffer.allocUnsafe(size);
-      if (scratch !== null && at > 0) scratch.copy(grown, 0, 0, at);
+      if (scratch !== null && at > 0 && first === null) scratch.copy(grown, 0, 0, at);
       this.server.replayScratch = grown;
       scratch = grown;
+    }
+    if (first !== null) {
+      first.copy(scratch, 0);
+      this.replayFirst = null;
     }
     data.copy(scratch, at);
     this.replayBytes = end;
@@ -138,6 +165,7 @@ export class Lease implements ServerOwner {
 
   private stopReplay(): void {
     this.replaying = false;
+    this.replayFirst = null;
   }
 
   /** ServerOwner: the server died under this lease. */
@@ -148,12 +176,13 @@ export class Lease implements ServerOwner {
 
   private takeReplay(err: Error): Buffer[] | null {
     if (!this.replaying) return null;
+    const first = this.replayFirst;
     this.stopReplay();
     const n = this.replayBytes;
     if (n === 0) return [];
     const shutdown = err instanceof PgError && err.sqlstate.startsWith("57P");
     if (!shutdown || this.replayTimes >= SHUTDOWN_REPLAYS) return null;
-    const bytes = Buffer.from(this.server.replayScratch!.subarray(0, n));
+    const bytes = first ?? Buffer.from(this.server.replayScratch!.subarray(0, n));
     replayed.set(bytes, this.replayTimes + 1);
     return [bytes];
   }
