@@ -136,10 +136,25 @@ describe("mayDeallocate", () => {
     expect(mayDeallocate(b, 0, b.length)).toBe(false);
   });
 
-  it("says yes when a streamed text is cut before it can tell", () => {
+  it("looks at the whole text, however long", () => {
+    const filler = "select 1; ".repeat(1000); // 10 kB
+    expect(mayDeallocate(q(filler), 0, filler.length)).toBe(false);
+    for (const tail of ["DEALLOCATE ALL", "discard all", "DeAlLoCaTe pgw_1"]) {
+      const b = q(`${filler}${tail}`);
+      expect(mayDeallocate(b, 0, b.length)).toBe(true);
+    }
+    // a range of a larger buffer: only that range counts
+    const b = q(`${filler}discard all`);
+    expect(mayDeallocate(b, 0, filler.length)).toBe(false);
+    // no letter matches by case folding alone: "@" | 0x20 is "`", "D" | 0x20 is "d"
+    expect(mayDeallocate(q("\x04ISCARD d@allocate"), 0, 18)).toBe(false);
+  });
+
+  it("says yes for a streamed text (the rest is not seen yet)", () => {
     const b = q("select 1");
     expect(mayDeallocate(b, 0, 3, b.length)).toBe(true);
     const long = Buffer.alloc(10_000, 0x61);
-    expect(mayDeallocate(long, 0, 5000, 10_000)).toBe(false); // the first 4 kB were seen
+    expect(mayDeallocate(long, 0, 5000, 10_000)).toBe(true);
+    expect(mayDeallocate(long, 0, 10_000, 10_000)).toBe(false);
   });
 });

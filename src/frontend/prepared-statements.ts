@@ -79,15 +79,12 @@ export class PreparedEntry {
 
 const STATEMENT = Buffer.from("S", "latin1");
 
-const DEALLOCATE_WORDS = /deallocate|discard/i;
-/** How much of a query's text is searched for those words. */
-const DEALLOCATE_SCAN = 4096;
-
 /**
  * Whether a query text may drop every prepared statement (DEALLOCATE ALL, DISCARD ALL):
  * named-statement messages after it then wait for its completion. buf[start, end) is the text
- * or, for a message still streaming, its first part of `length` bytes: when that part is too
- * short to tell, the answer is yes. A cheap, conservative test; a false positive costs a wait.
+ * or, for a message still streaming, its first part of `length` bytes: the rest is not seen, so
+ * the answer is then yes. A cheap, conservative test (the words anywhere in the text, in any
+ * case); a false positive costs a wait.
  */
 export function mayDeallocate(
   buf: Buffer,
@@ -95,9 +92,26 @@ export function mayDeallocate(
   end: number,
   length = end - start,
 ): boolean {
-  const scan = Math.min(length, DEALLOCATE_SCAN);
-  if (end - start < scan) return true;
-  return DEALLOCATE_WORDS.test(buf.toString("latin1", start, start + scan));
+  if (end - start < length) return true;
+  for (let i = start; i + 7 <= end; i++) {
+    if ((buf[i]! | 0x20) !== 0x64) continue; // d or D
+    if (wordAt(buf, i + 1, end, DISCARD_TAIL) || wordAt(buf, i + 1, end, DEALLOCATE_TAIL))
+      return true;
+  }
+  return false;
+}
+
+const DISCARD_TAIL = Buffer.from("iscard", "latin1");
+const DEALLOCATE_TAIL = Buffer.from("eallocate", "latin1");
+
+/** buf[at, ...) starts with `word` (lowercase ASCII letters), in any case. */
+function wordAt(buf: Buffer, at: number, end: number, word: Buffer): boolean {
+  if (at + word.length > end) return false;
+  for (let j = 0; j < word.length; j++) {
+    // (for letters, | 0x20 is exactly "to lowercase"; no other byte becomes a letter by it)
+    if ((buf[at + j]! | 0x20) !== word[j]) return false;
+  }
+  return true;
 }
 
 function message(type: number, a: Buffer, b: Buffer): Buffer {
