@@ -73,6 +73,14 @@ describe("workers = 2", () => {
     return clients;
   }
 
+  /** pool_size of the app pool as /metrics shows it (the whole instance). */
+  async function poolSizeMetric(): Promise<number> {
+    const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const m = /^pgwarden_pool_size\{[^}]*user="app"[^}]*\} (\d+)$/m.exec(body);
+    if (m === null) throw new Error("no pgwarden_pool_size for app in /metrics");
+    return Number(m[1]);
+  }
+
   it("runs the primary and two workers, and logs listening once", async () => {
     expect(workerPids(pw)).toHaveLength(2);
     expect(pw.logs().filter((l) => l.includes('"msg":"listening"'))).toHaveLength(1);
@@ -252,6 +260,64 @@ describe("workers = 2", () => {
     const fresh = await clientsOnBothWorkers(4);
     for (const c of fresh) expect((await c.query("select 3 as x")).rows[0].x).toBe(3);
     for (const c of [...fresh, ...onOther]) await c.end();
+  }, 60_000);
+
+  it("a replacement worker runs what the instance loaded, not files edited since (not reloaded)", async () => {
+    const sizeBefore = await poolSizeMetric();
+    // The files on disk now say something the instance never loaded, and could not load.
+    pw.writeConfig({ general: general(), databases: databases(), users: users(0) });
+    const from = pw.logs().length;
+    const listening = await pw.waitForLog((l) => l.msg === "listening");
+    const victimWorker = 0;
+    const victimPid = workerPids(pw).find((p) => p === listening.worker_pids[victimWorker]);
+    if (victimPid === undefined) throw new Error("worker 0 is not the one that started");
+    process.kill(victimPid, "SIGKILL");
+    // Its replacement takes the configuration text from the primary: it starts and serves.
+    await pw.waitForLog((l) => l.msg === "worker ready" && l.worker === victimWorker, 15_000, from);
+    const clients = await clientsOnBothWorkers(4);
+    for (const c of clients) expect((await c.query("select 4 as x")).rows[0].x).toBe(4);
+    for (const c of clients) await c.end();
+    expect(
+      pw
+        .logs()
+        .slice(from)
+        .filter((l) => l.includes('"msg":"worker died')),
+    ).toHaveLength(1);
+    // A reload of those files is refused as a whole, and both workers keep serving.
+    pw.signal("SIGHUP");
+    const failure = await pw.waitForLog(
+      (l) => l.msg === "configuration reload failed; keeping the running configuration",
+      5000,
+      from,
+    );
+    expect(String(failure.err)).toMatch(/pool_size/);
+    const again = await clientsOnBothWorkers(4);
+    for (const c of again) expect((await c.query("select 5 as x")).rows[0].x).toBe(5);
+    for (const c of again) await c.end();
+    // Files the primary accepts but the workers cannot apply (a client TLS certificate that is
+    // not there): refused as a whole, every worker keeps the running pool size.
+    const from2 = pw.logs().length;
+    pw.writeConfig({
+      general: {
+        ...general(),
+        tls_certificate: "/nonexistent/pgwarden-cert.pem",
+        tls_private_key: "/nonexistent/pgwarden-key.pem",
+      },
+      databases: databases(),
+      users: users(9),
+    });
+    pw.signal("SIGHUP");
+    const failure2 = await pw.waitForLog(
+      (l) => l.msg === "configuration reload failed; keeping the running configuration",
+      5000,
+      from2,
+    );
+    expect(String(failure2.err)).toMatch(/pgwarden-cert\.pem/);
+    expect(await poolSizeMetric()).toBe(sizeBefore);
+    const third = await clientsOnBothWorkers(4);
+    for (const c of third) expect((await c.query("select 6 as x")).rows[0].x).toBe(6);
+    for (const c of third) await c.end();
+    pw.writeConfig({ general: general(), databases: databases(), users: users(sizeBefore) });
   }, 60_000);
 
   it("SIGTERM stops every worker and the primary", async () => {

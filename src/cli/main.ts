@@ -8,7 +8,16 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { type AdminContext, executeAdmin } from "../admin/index.js";
 import { runPrimary, WorkerLink, workerConfig, workerIdentity } from "../cluster/index.js";
-import { type Config, ConfigError, diffConfig, loadConfig, RESTART_KEYS } from "../config/index.js";
+import {
+  type Config,
+  ConfigError,
+  type ConfigTexts,
+  diffConfig,
+  loadConfig,
+  parseConfigTexts,
+  RESTART_KEYS,
+  readConfigTexts,
+} from "../config/index.js";
 import {
   type CredentialBroker,
   CredentialEngine,
@@ -53,27 +62,43 @@ async function main(): Promise<void> {
   const configPath = resolve(args.config ?? process.env.PGWARDEN_CONFIG ?? "pgwarden.toml");
   const usersPath = resolve(args.users ?? process.env.PGWARDEN_USERS ?? "users.toml");
 
+  const identity = workerIdentity();
+  // A worker runs the text its primary read and validated, never its own read of the files.
+  const link = identity
+    ? new WorkerLink(
+        identity.index,
+        identity.count,
+        createLogger("info").child({ worker: identity.index }),
+      )
+    : null;
+  let texts: ConfigTexts;
   let config: Config;
   try {
-    config = loadConfig(configPath, usersPath, process.env);
+    texts = link ? await link.configTexts() : readConfigTexts(configPath, usersPath);
+    config = parseConfigTexts(texts, process.env);
   } catch (err) {
-    if (err instanceof ConfigError || (err as NodeJS.ErrnoException).code === "ENOENT") {
+    if (
+      link !== null ||
+      err instanceof ConfigError ||
+      (err as NodeJS.ErrnoException).code === "ENOENT"
+    ) {
       process.stderr.write(`pgwarden: ${errorMessage(err)}\n`);
       process.exit(2);
     }
     throw err;
   }
 
-  const identity = workerIdentity();
   const base = createLogger(config.general.log_level);
   const logger = identity ? base.child({ worker: identity.index }) : base;
+  link?.useLogger(logger);
   const workers = config.general.workers === 0 ? availableParallelism() : config.general.workers;
   if (identity === null && cluster.isPrimary && workers > 1) {
     // Several processes, one instance (design §6): this one supervises, the workers serve.
     await runPrimary({
+      texts,
       config,
       workers,
-      load: () => loadConfig(configPath, usersPath, process.env),
+      read: () => readConfigTexts(configPath, usersPath),
       logger,
       engine: makeEngine(config, logger),
       env: process.env,
@@ -85,7 +110,6 @@ async function main(): Promise<void> {
     // Not for anything this process starts (a `command` provider runs in the primary anyway).
     delete process.env.PGWARDEN_MOCK_SECRET;
   }
-  const link = identity ? new WorkerLink(identity.index, identity.count, logger) : null;
   await runInstance(config, logger, link, identity?.reusePort ?? false, () =>
     loadConfig(configPath, usersPath, process.env),
   );
@@ -156,9 +180,11 @@ async function runInstance(
     process.on("SIGTERM", () => void shutdown("SIGTERM"));
     process.on("SIGINT", () => void shutdown("SIGINT"));
   }
-  /** Reads and validates both files; applies them as a diff, or changes nothing. */
-  const reloadHere = singleFlightReload(logger, async (trigger: string) => {
-    const next = load();
+  /**
+   * Applies a validated configuration as a diff, or changes nothing: read from the files here
+   * (single process), or the text the primary read (a worker).
+   */
+  const apply = async (trigger: string, next: Config) => {
     // Everything that can fail is read before anything is applied.
     const tlsContext = Frontend.tlsContextFor(next);
     const result = await registry.reload(share(next));
@@ -178,7 +204,9 @@ async function runInstance(
     );
     const text = `reloaded: ${result.added.length} added, ${result.removed.length} removed, ${result.replaced.length} replaced, ${result.resized.length} resized, ${result.kept.length} unchanged`;
     return { text, fields };
-  });
+  };
+  /** Reads and validates both files, then applies them (single process). */
+  const reloadHere = singleFlightReload(logger, (trigger: string) => apply(trigger, load()));
   const reload = (trigger: string): Promise<string> => reloadHere(trigger).then((r) => r.text);
   if (!link) process.on("SIGHUP", () => void reload("SIGHUP").catch(() => {}));
 
@@ -197,6 +225,7 @@ async function runInstance(
     clients: () => frontend.clientCounts(),
     prepared: () => ({ statements: frontend.statements.size, ...frontend.statements.stats }),
   };
+  let applying: Promise<unknown> = Promise.resolve();
   if (link) {
     // Scraped by the primary, which serves /metrics for the whole instance.
     const { registry: metricsRegistry } = createMetrics(metricsSource);
@@ -207,7 +236,12 @@ async function runInstance(
         clients: frontend.clientSnapshots(),
         prepared: preparedSnapshot(frontend.statements),
       }),
-      reload: (trigger) => reloadHere(trigger),
+      // The text the primary read: applied in the order the primary sent them, one at a time.
+      reload: (trigger, given) => {
+        const run = applying.then(() => apply(trigger, parseConfigTexts(given, process.env)));
+        applying = run.catch(() => {});
+        return run;
+      },
       pause,
       resume,
       reconnect,

@@ -18,8 +18,12 @@
 // before the instance ever listened ends the instance with its exit code (a config or bind
 // error is not retried in a loop). Later, a worker that dies is replaced under the same index
 // (its clients' sockets died with it: they see a closed connection, not a hang), at most once
-// a second per index. SIGHUP and RELOAD reload here (the credential identities of the new
-// files), then in every worker; SIGTERM, SIGINT and SHUTDOWN tell every worker to shut down
+// a second per index. What every worker runs is the configuration text this process read and
+// validated (ConfigTexts): a worker asks for it at its start, a replacement's included, and
+// gets it with each reload; no worker reads the files itself, so none can run files that were
+// edited but not reloaded (or a half-written file) while its siblings run what was loaded.
+// SIGHUP and RELOAD read and validate the files here (and learn their credential identities),
+// then hand the same text to every worker; SIGTERM, SIGINT and SHUTDOWN tell every worker to shut down
 // gracefully, wait for them (shutdown_timeout plus a margin, then SIGKILL), and exit. Workers
 // ignore those signals themselves and exit when the primary's channel closes, so no worker
 // outlives its primary.
@@ -27,7 +31,7 @@
 import cluster, { type Worker } from "node:cluster";
 import { randomBytes } from "node:crypto";
 import { AggregatorRegistry } from "prom-client";
-import type { Config } from "../config/index.js";
+import { type Config, type ConfigTexts, parseConfigTexts } from "../config/index.js";
 import {
   type CredentialEngine,
   CredentialHost,
@@ -35,7 +39,7 @@ import {
   identityFor,
 } from "../credentials/index.js";
 import { createMetrics, type MetricsServer, startMetricsServer } from "../metrics/index.js";
-import { type Logger, singleFlightReload } from "../util/index.js";
+import { errorMessage, type Logger, singleFlightReload } from "../util/index.js";
 import { Channel } from "./ipc.js";
 import { mergeSnapshots, type WorkerSnapshot } from "./snapshots.js";
 
@@ -50,10 +54,12 @@ export function hasReusePort(version = process.versions.node): boolean {
 }
 
 export interface PrimaryOptions {
+  /** What the instance starts with: the files' text as read, and that text validated. */
+  readonly texts: ConfigTexts;
   readonly config: Config;
   readonly workers: number;
-  /** Re-reads and validates both config files (throws on an error). */
-  readonly load: () => Config;
+  /** Re-reads both config files (throws on an error). */
+  readonly read: () => ConfigTexts;
   readonly logger: Logger;
   readonly engine: CredentialEngine;
   readonly env: Readonly<Record<string, string | undefined>>;
@@ -65,11 +71,16 @@ interface Slot {
   ready: boolean;
   startedAt: number;
   pid: number;
+  /** The reload count of the configuration text the worker took at its start. */
+  version: number;
 }
 
 export async function runPrimary(opts: PrimaryOptions): Promise<void> {
   const { logger, engine, workers: n } = opts;
   let config = opts.config;
+  /** The text `config` was made from: what every worker runs; `version` counts reloads. */
+  let texts = opts.texts;
+  let version = 0;
   const host = new CredentialHost(engine);
   const identities = (c: Config) =>
     c.users.flatMap((u) => {
@@ -85,6 +96,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
     ready: false,
     startedAt: 0,
     pid: 0,
+    version: 0,
   }));
   let everListening = false;
   let stopping = false;
@@ -113,17 +125,49 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
     );
   };
 
+  type ReloadResult = { text: string; fields: Record<string, unknown> };
+  /** Has a worker that missed a reload (it was starting) take the text the instance runs. */
+  const catchUp = (slot: Slot, index: number) => {
+    slot.version = version;
+    slot.channel
+      ?.request("reload", { trigger: "worker start", texts })
+      .catch((err: unknown) =>
+        logger.error(
+          { worker: index, err: errorMessage(err) },
+          "worker could not take the reloaded configuration",
+        ),
+      );
+  };
   const reload = singleFlightReload(logger, async (trigger: string): Promise<string> => {
-    const next = opts.load();
+    const nextTexts = opts.read();
+    const next = parseConfigTexts(nextTexts, opts.env);
     host.learn(identities(next));
-    const results = await everyWorker<{ text: string; fields: Record<string, unknown> }>(
-      "reload",
-      trigger,
+    const targets = live();
+    const settled = await Promise.allSettled(
+      targets.map((s) =>
+        (s.channel as Channel).request<ReloadResult>("reload", { trigger, texts: nextTexts }),
+      ),
     );
+    const failed = settled.find((r) => r.status === "rejected");
+    if (failed !== undefined) {
+      // Every worker runs the same configuration: those that took the new text go back to the
+      // running one (the instance keeps it, as a single process does).
+      await Promise.allSettled(
+        targets
+          .filter((_, i) => settled[i]!.status === "fulfilled")
+          .map((s) => (s.channel as Channel).request("reload", { trigger: "rollback", texts })),
+      );
+      throw failed.reason;
+    }
     config = next;
-    const first = results[0];
+    texts = nextTexts;
+    version++;
+    for (const s of targets) s.version = version;
+    // A worker that became ready while this ran took the old text: it catches up.
+    for (const [i, s] of slots.entries()) if (s.ready && s.version !== version) catchUp(s, i);
+    const first = (settled[0] as PromiseFulfilledResult<ReloadResult> | undefined)?.value;
     logger.info(
-      { trigger, workers: results.length, ...(first?.fields ?? {}) },
+      { trigger, workers: targets.length, ...(first?.fields ?? {}) },
       "configuration reloaded",
     );
     return first?.text ?? "reloaded";
@@ -150,6 +194,11 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
     switch (type) {
       case "credential":
         return host.handle(index, body as CredentialRequest);
+      case "config": {
+        const slot = slots[index];
+        if (slot) slot.version = version;
+        return texts;
+      }
       case "snapshot":
         return snapshot();
       case "reload":
@@ -181,6 +230,8 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
       slot.ready = true;
       listenAddress ??= body as { host: string; port: number };
       logger.info({ worker: index, pid: slot.pid }, "worker ready");
+      // A reload finished while this worker started (it took the text before): catch up.
+      if (slot.version !== version) catchUp(slot, index);
       if (!everListening && slots.every((s) => s.ready)) {
         everListening = true;
         releaseWarm();

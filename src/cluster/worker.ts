@@ -11,7 +11,7 @@
 
 import process from "node:process";
 import { type AdminContext, executeAdmin } from "../admin/index.js";
-import type { Config } from "../config/index.js";
+import type { Config, ConfigTexts } from "../config/index.js";
 import type { CredentialRequest, CredentialTransport } from "../credentials/index.js";
 import type { CancelRouting } from "../frontend/index.js";
 import type { Logger } from "../util/index.js";
@@ -22,7 +22,11 @@ import type { InstanceSnapshot, WorkerSnapshot } from "./snapshots.js";
 /** What the primary may ask of this worker; the composition root implements it. */
 export interface WorkerHandlers {
   snapshot(): Omit<WorkerSnapshot, "worker">;
-  reload(trigger: string): Promise<{ text: string; fields: Record<string, unknown> }>;
+  /** Applies the configuration text the primary read and validated (design §6). */
+  reload(
+    trigger: string,
+    texts: ConfigTexts,
+  ): Promise<{ text: string; fields: Record<string, unknown> }>;
   pause(database: string | undefined): Promise<void>;
   resume(database: string | undefined): void;
   reconnect(database: string | undefined): void;
@@ -55,7 +59,7 @@ export class WorkerLink {
   constructor(
     readonly index: number,
     readonly count: number,
-    private readonly logger: Logger,
+    private logger: Logger,
   ) {
     this.channel = new Channel(
       process as unknown as Endpoint,
@@ -68,6 +72,19 @@ export class WorkerLink {
       this.logger.flush?.();
       setTimeout(() => process.exit(1), 20).unref();
     });
+  }
+
+  /**
+   * The configuration text the instance runs, from the primary: a worker never reads the files
+   * itself (they may have been edited, not reloaded, since the primary read them).
+   */
+  configTexts(): Promise<ConfigTexts> {
+    return this.channel.request<ConfigTexts>("config", null, 15_000);
+  }
+
+  /** The logger made from the configuration (the link starts before there is one). */
+  useLogger(logger: Logger): void {
+    this.logger = logger;
   }
 
   serve(handlers: WorkerHandlers): void {
@@ -123,8 +140,10 @@ export class WorkerLink {
     switch (type) {
       case "snapshot":
         return { worker: this.index, ...h.snapshot() };
-      case "reload":
-        return h.reload(String(body));
+      case "reload": {
+        const { trigger, texts } = body as { trigger: string; texts: ConfigTexts };
+        return h.reload(trigger, texts);
+      }
       case "pause":
         return h.pause(db);
       case "resume":

@@ -4,9 +4,12 @@ export type { Env } from "./env.js";
 export { ConfigError, type ConfigProblem } from "./errors.js";
 export {
   type ConfigFiles,
+  type ConfigTexts,
   KUBERNETES_JWT_PATH,
   loadConfig,
   parseConfig,
+  parseConfigTexts,
+  readConfigTexts,
   vaultConfig,
 } from "./load.js";
 export {

@@ -51,12 +51,31 @@ export interface ConfigFiles {
   readonly users: string;
 }
 
+/**
+ * Both files' text, read once: what an instance with workers runs is the text its primary read
+ * and validated, handed to every worker (at its start, a replacement's included, and at each
+ * reload), never a worker's own later read of files that may have changed since.
+ */
+export interface ConfigTexts {
+  readonly config: string;
+  readonly users: string;
+  readonly files: ConfigFiles;
+}
+
 /** Reads and validates both files. Paths are resolved against the working directory. */
 export function loadConfig(configPath: string, usersPath: string, env: Env = process.env): Config {
+  return parseConfigTexts(readConfigTexts(configPath, usersPath), env);
+}
+
+/** Reads both files (a ConfigError naming the file when one cannot be read). */
+export function readConfigTexts(configPath: string, usersPath: string): ConfigTexts {
   const files = { config: resolve(configPath), users: resolve(usersPath) };
-  const configText = readText(files.config);
-  const usersText = readText(files.users);
-  return parseConfig(configText, usersText, files, env);
+  return { config: readText(files.config), users: readText(files.users), files };
+}
+
+/** Validates texts read by readConfigTexts (here or in another process). */
+export function parseConfigTexts(texts: ConfigTexts, env: Env = process.env): Config {
+  return parseConfig(texts.config, texts.users, texts.files, env);
 }
 
 /** Same as `loadConfig`, from the files' text; `files` only names them in messages and in `Config.files`. */
