@@ -23,8 +23,9 @@
 // gets it with each reload; no worker reads the files itself, so none can run files that were
 // edited but not reloaded (or a half-written file) while its siblings run what was loaded.
 // SIGHUP and RELOAD read and validate the files here (and learn their credential identities),
-// then hand the same text to every worker; SIGTERM, SIGINT and SHUTDOWN tell every worker to shut down
-// gracefully, wait for them (shutdown_timeout plus a margin, then SIGKILL), and exit. Workers
+// then hand the same text to every worker (one that cannot apply it fails the reload, and the
+// others go back to the running text); SIGTERM, SIGINT and SHUTDOWN tell every worker to shut
+// down gracefully, wait for them (shutdown_timeout plus a margin, then SIGKILL), and exit. Workers
 // ignore those signals themselves and exit when the primary's channel closes, so no worker
 // outlives its primary.
 
