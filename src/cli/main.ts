@@ -206,7 +206,7 @@ async function runInstance(
     return { text, fields };
   };
   /** Reads and validates both files, then applies them (single process). */
-  const reloadHere = singleFlightReload(logger, (trigger: string) => apply(trigger, load()));
+  const reloadHere = singleFlightReload(logger, async (trigger: string) => apply(trigger, load()));
   const reload = (trigger: string): Promise<string> => reloadHere(trigger).then((r) => r.text);
   if (!link) process.on("SIGHUP", () => void reload("SIGHUP").catch(() => {}));
 

@@ -40,4 +40,23 @@ describe("singleFlightReload", () => {
     fail = false;
     expect(await reload("RELOAD")).toBe("ok");
   });
+
+  it("turns a run that throws before returning a promise into a rejection, not a throw", async () => {
+    const errors: unknown[] = [];
+    const logger = silentLogger();
+    logger.error = ((obj: unknown) => {
+      errors.push(obj);
+    }) as typeof logger.error;
+    // what a reload that reads its files synchronously does with a bad file (a SIGHUP handler
+    // calls reload(...).catch(...): a synchronous throw there would end the process)
+    const reload = singleFlightReload<string>(logger, () => {
+      throw new Error("users.toml: bad pool_size");
+    });
+    let p: Promise<string> | undefined;
+    expect(() => {
+      p = reload("SIGHUP");
+    }).not.toThrow();
+    await expect(p).rejects.toThrow("bad pool_size");
+    expect(errors).toEqual([{ trigger: "SIGHUP", err: "users.toml: bad pool_size" }]);
+  });
 });

@@ -11,7 +11,8 @@ export function singleFlightReload<T>(
 ): (trigger: string) => Promise<T> {
   let running: Promise<T> | null = null;
   return (trigger) => {
-    running ??= run(trigger)
+    // (an async wrapper: a `run` that throws before its first await still ends in the catch)
+    running ??= (async () => run(trigger))()
       .catch((err: unknown) => {
         logger.error(
           { trigger, err: errorMessage(err) },
