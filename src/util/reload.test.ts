@@ -2,6 +2,16 @@ import { describe, expect, it } from "vitest";
 import { silentLogger } from "./logger.js";
 import { singleFlightReload } from "./reload.js";
 
+/** A silent logger that keeps what was logged at error level. */
+function capturingLogger() {
+  const errors: unknown[] = [];
+  const logger = silentLogger();
+  logger.error = ((obj: unknown) => {
+    errors.push(obj);
+  }) as typeof logger.error;
+  return { logger, errors };
+}
+
 describe("singleFlightReload", () => {
   it("joins a reload asked for while one runs, and starts a new one after", async () => {
     let runs = 0;
@@ -25,11 +35,7 @@ describe("singleFlightReload", () => {
   });
 
   it("logs a failure once, rethrows it, and lets the next reload run", async () => {
-    const errors: unknown[] = [];
-    const logger = silentLogger();
-    logger.error = ((obj: unknown) => {
-      errors.push(obj);
-    }) as typeof logger.error;
+    const { logger, errors } = capturingLogger();
     let fail = true;
     const reload = singleFlightReload(logger, async () => {
       if (fail) throw new Error("bad key");
@@ -42,11 +48,7 @@ describe("singleFlightReload", () => {
   });
 
   it("turns a run that throws before returning a promise into a rejection, not a throw", async () => {
-    const errors: unknown[] = [];
-    const logger = silentLogger();
-    logger.error = ((obj: unknown) => {
-      errors.push(obj);
-    }) as typeof logger.error;
+    const { logger, errors } = capturingLogger();
     // what a reload that reads its files synchronously does with a bad file (a SIGHUP handler
     // calls reload(...).catch(...): a synchronous throw there would end the process)
     const reload = singleFlightReload<string>(logger, () => {
