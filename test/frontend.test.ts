@@ -190,24 +190,19 @@ describe("welcome and cancel", () => {
   });
 
   it("cancels the running query with the owner's key, and not with a wrong key", async () => {
-    const {
-      client: victim,
-      processID,
-      secretKey,
-      outcome: running,
-    } = await sleepingClient(pw, "app", "client-secret", "appdb", 30);
+    const victim = await sleepingClient(pw, "app", "client-secret", "appdb", 30);
     await sleep(300);
-    await sendCancel(pw, processID, secretKey ^ 1);
+    await sendCancel(pw, victim.processID, victim.secretKey ^ 1);
     await sleep(500);
     const stillRunning = await Promise.race([
-      running.then(() => false),
+      victim.outcome.then(() => false),
       sleep(200).then(() => true),
     ]);
     expect(stillRunning).toBe(true);
-    await sendCancel(pw, processID, secretKey);
-    expect(await running).toBe("57014");
-    expect((await victim.query("select 'alive' as s")).rows[0].s).toBe("alive");
-    await victim.end();
+    await sendCancel(pw, victim.processID, victim.secretKey);
+    expect(await victim.outcome).toBe("57014");
+    expect((await victim.client.query("select 'alive' as s")).rows[0].s).toBe("alive");
+    await victim.client.end();
   });
 });
 

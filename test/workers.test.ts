@@ -104,38 +104,29 @@ describe("workers = 2", () => {
         .slice(from)
         .filter((l) => l.includes("routed to the worker that owns")).length;
     for (let i = 0; i < 4 || (i < 24 && (owners.size < 2 || routed() === 0)); i++) {
-      const {
-        client: victim,
-        processID,
-        secretKey,
-        outcome: running,
-      } = await sleepingClient(pw, "app", "client-pw", "appdb", 30);
+      const victim = await sleepingClient(pw, "app", "client-pw", "appdb", 30);
+      const { processID, secretKey } = victim;
       await sleep(200);
       await Promise.all([
         sendCancel(pw, processID, secretKey),
         sleep(20).then(() => sendCancel(pw, processID, secretKey)),
       ]);
-      const code = await Promise.race([running, sleep(5000).then(() => "still running")]);
+      const code = await Promise.race([victim.outcome, sleep(5000).then(() => "still running")]);
       expect(code).toBe("57014");
-      expect((await victim.query("select 'alive' as s")).rows[0].s).toBe("alive");
-      owners.add(workerOf(victim));
-      await victim.end();
+      expect((await victim.client.query("select 'alive' as s")).rows[0].s).toBe("alive");
+      owners.add(workerOf(victim.client));
+      await victim.client.end();
     }
     expect([...owners].sort()).toEqual([0, 1]);
     expect(routed()).toBeGreaterThan(0);
   }, 60_000);
 
   it("a wrong secret cancels nothing, on either worker", async () => {
-    const {
-      client: victim,
-      processID,
-      secretKey,
-      outcome: running,
-    } = await sleepingClient(pw, "app", "client-pw", "appdb", 1.5);
+    const victim = await sleepingClient(pw, "app", "client-pw", "appdb", 1.5);
     await sleep(200);
-    for (let i = 0; i < 4; i++) await sendCancel(pw, processID, secretKey ^ 1, 100);
-    expect(await running).toBe("done");
-    await victim.end();
+    for (let i = 0; i < 4; i++) await sendCancel(pw, victim.processID, victim.secretKey ^ 1, 100);
+    expect(await victim.outcome).toBe("done");
+    await victim.client.end();
   });
 
   it("SHOW POOLS, SHOW CLIENTS and /metrics cover every worker", async () => {
