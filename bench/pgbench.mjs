@@ -57,8 +57,8 @@
 // Knobs (environment):
 //   BENCH_SECONDS          seconds per standard pgbench run (-T)                default 15
 //   BENCH_TARGETS          comma list of pgwarden, pgbouncer-latest, pgbouncer-system, direct,
-//                          pgwarden-2w, pgwarden-b, node-floor (pgbouncer = both PgBouncers)
-//                                                      default all but pgwarden-2w, -b, node-floor
+//                          pgwarden-2w, pgwarden-b, node-floor, node-floor-pool (pgbouncer =
+//                          both PgBouncers)         default all but pgwarden-2w, -b, node-floor*
 //   BENCH_B_MAIN, BENCH_B_ENV  pgwarden-b runs this dist/cli/main.js and/or with these
 //                          variables ("NAME=value,..."): an A/B of two builds or settings
 //   BENCH_WORKLOADS        comma list of select-only, tpcb-like; none = no standard rows
@@ -94,7 +94,11 @@
 // (no pool, no parsing) on pgwarden's socket layer, run by the node that runs pgwarden. Every
 // byte pgwarden forwards costs it at least that read and that write, so node-floor's µs/txn is
 // the least a Node.js proxy spends per transaction here; its TPS is not comparable (one
-// PostgreSQL backend per client instead of a pool of BENCH_POOL_SIZE).
+// PostgreSQL backend per client instead of a pool of BENCH_POOL_SIZE). node-floor-pool
+// (bench/node-floor-pool.mjs) is the least Node.js transaction pooler on the same layer: a pool
+// of BENCH_POOL_SIZE, clients logged in with no password, server replies framed only to find
+// ReadyForQuery, nothing else (no statement tracking: its `-M prepared` rows fail). Its TPS is
+// comparable: the ceiling of a Node.js pooler here.
 //
 // Workers (design §6). BENCH_TARGETS also takes pgwarden-2w: pgwarden with `workers = 2` (a
 // primary and two workers; its CPU and RSS are summed over all three processes, as for any
@@ -117,7 +121,7 @@ import { ROOT, transpileTestSupport } from "./test-modules.mjs";
 const PASSWORD = "bench-password";
 const TARGETS = ["pgwarden", "pgbouncer-latest", "pgbouncer-system", "direct"];
 /** Targets run only when named in BENCH_TARGETS: pgwarden with `workers = 2`, and pgwarden-b (A/B). */
-const EXTRA_TARGETS = ["pgwarden-2w", "pgwarden-b", "node-floor"];
+const EXTRA_TARGETS = ["pgwarden-2w", "pgwarden-b", "node-floor", "node-floor-pool"];
 const WORKLOADS = ["select-only", "tpcb-like"];
 const PROTOCOLS = ["simple", "extended", "prepared"];
 const RESTART_CLIENTS = 20;
@@ -503,9 +507,14 @@ async function startTargets(h, cluster, started) {
       await bouncer(key, bin, version, {});
     } else if (key === "direct") {
       targets.push({ key, name: "direct", host: cluster.host, port: cluster.port });
-    } else if (key === "node-floor") {
-      log("starting node-floor");
-      const floor = await startNodeFloor(cluster);
+    } else if (key === "node-floor" || key === "node-floor-pool") {
+      log(`starting ${key}`);
+      const floor = await startNodeFloor(
+        cluster,
+        key === "node-floor"
+          ? ["node-floor.mjs"]
+          : ["node-floor-pool.mjs", "bench", PASSWORD, "bench", String(cfg.poolSize)],
+      );
       started.push(floor);
       targets.push({ key, name: key, host: "127.0.0.1", port: floor.port, pid: floor.proc.pid });
     }
@@ -515,13 +524,14 @@ async function startTargets(h, cluster, started) {
 
 /**
  * bench/node-floor.mjs, a 1:1 byte forwarder on pgwarden's socket layer (no pooling, no parsing),
- * on the node that runs pgwarden: the least CPU per transaction a Node.js proxy spends.
+ * on the node that runs pgwarden: the least CPU per transaction a Node.js proxy spends; or
+ * bench/node-floor-pool.mjs, the least Node.js transaction pooler. `[script, ...args]`.
  */
-async function startNodeFloor(cluster) {
+async function startNodeFloor(cluster, [script, ...args]) {
   const node = process.execPath;
   const proc = spawn(
     node,
-    [join(ROOT, "bench", "node-floor.mjs"), "0", cluster.host, String(cluster.port)],
+    [join(ROOT, "bench", script), "0", cluster.host, String(cluster.port), ...args],
     {
       stdio: ["ignore", "pipe", "inherit"],
     },
@@ -533,7 +543,7 @@ async function startNodeFloor(cluster) {
       const m = /listening (\d+)/.exec(out);
       if (m) resolve(Number(m[1]));
     });
-    proc.once("exit", (code) => reject(new Error(`node-floor exited with ${code}`)));
+    proc.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)));
   });
   return {
     proc,
@@ -943,7 +953,9 @@ async function main() {
     // restart rows
     const restart = [];
     if (cfg.restart) {
-      for (const target of targets.filter((t) => t.key !== "direct" && t.key !== "node-floor")) {
+      for (const target of targets.filter(
+        (t) => t.key !== "direct" && !t.key.startsWith("node-floor"),
+      )) {
         log(
           `restart row ${target.name}: ${cfg.restartSeconds} s, restart after ${cfg.restartSeconds / 2} s`,
         );

@@ -1,0 +1,231 @@
+// node-floor-pool: the least a Node.js *transaction pooler* costs, for the bench's
+// `node-floor-pool` target (bench/pgbench.mjs). node-floor (bench/node-floor.mjs) gives each
+// client its own backend, so its TPS cannot be set beside the poolers'; this one pools like
+// them (the bench's pool size, transaction mode) and does nothing else a pooler must do:
+//
+// - clients log in with no password asked (AuthenticationOk at once; the poolers run SCRAM);
+// - the pool's servers are logged in at start by node-postgres, whose sockets are then taken
+//   over (pg's listeners removed);
+// - client bytes go to the leased server as they come; with no server leased, the client takes
+//   an idle one or waits in a FIFO queue (its bytes kept until then);
+// - server bytes are framed only to find ReadyForQuery; every chunk is forwarded as it came, and
+//   a ReadyForQuery 'I' that ends a chunk gives the server back (to the first waiter, or idle);
+// - no statement tracking (so `-M prepared` fails here), no cancel, no error handling beyond
+//   closing the client, no settings, no metrics, no timers, no logging.
+//
+// Reads and writes go through pgwarden's own socket layer (dist/util/socket-io.js), as in
+// node-floor. So its TPS is the ceiling of a Node.js pooler on this machine and runtime, and
+// pgwarden's distance to it is what pgwarden's own work costs in TPS.
+//
+//   node bench/node-floor-pool.mjs <listen port> <server host> <server port> <user> <password>
+//        <database> <pool size>
+// prints "listening <port>" once it accepts.
+import net from "node:net";
+import pg from "pg";
+import { SocketIO } from "../dist/util/socket-io.js";
+
+const [listenPort, host, port, user, password, database, poolSizeArg] = process.argv.slice(2);
+const poolSize = Number(poolSizeArg);
+if (!SocketIO.native) console.error("node-floor-pool: this Node.js lacks the direct socket path");
+
+/** Hands `socket` to SocketIO once it flows with nothing buffered (as pgwarden does after login). */
+function takeOver(socket, onChunk) {
+  const noop = () => {};
+  socket.on("data", noop);
+  socket.removeListener("data", noop);
+  return new SocketIO(socket, onChunk);
+}
+
+function message(type, body) {
+  const m = Buffer.allocUnsafe(5 + body.length);
+  m[0] = type.charCodeAt(0);
+  m.writeInt32BE(4 + body.length, 1);
+  body.copy(m, 5);
+  return m;
+}
+
+function parameterStatus(name, value) {
+  return message("S", Buffer.from(`${name}\0${value}\0`, "utf8"));
+}
+
+// ---- the pool --------------------------------------------------------------------------------
+
+/** A logged-in server connection; `client` is the session that leases it. */
+class Server {
+  constructor(socket) {
+    this.client = null;
+    // ReadyForQuery framing across chunks: bytes of the current message still to skip, and a
+    // header cut by a chunk's end.
+    this.skip = 0;
+    this.hdr = Buffer.alloc(5);
+    this.hdrFill = 0;
+    this.io = takeOver(socket, (chunk) => this.onData(chunk));
+  }
+
+  onData(chunk) {
+    const c = this.client;
+    if (c === null) return; // (nobody asked: a pooler would close this server)
+    let pos = 0;
+    let idleAtEnd = false;
+    const end = chunk.length;
+    while (pos < end) {
+      if (this.skip > 0) {
+        const take = Math.min(this.skip, end - pos);
+        this.skip -= take;
+        pos += take;
+        continue;
+      }
+      let type;
+      let len;
+      if (this.hdrFill === 0 && end - pos >= 5) {
+        type = chunk[pos];
+        len = chunk.readInt32BE(pos + 1);
+        pos += 5;
+      } else {
+        const take = Math.min(5 - this.hdrFill, end - pos);
+        chunk.copy(this.hdr, this.hdrFill, pos, pos + take);
+        this.hdrFill += take;
+        pos += take;
+        if (this.hdrFill < 5) break;
+        this.hdrFill = 0;
+        type = this.hdr[0];
+        len = this.hdr.readInt32BE(1);
+      }
+      // 'Z': its one body byte is the transaction status
+      if (type === 90 && pos < end) idleAtEnd = chunk[pos] === 73 && pos + 1 === end;
+      else idleAtEnd = false;
+      this.skip = len - 4;
+    }
+    forward(this.io, c.io, chunk);
+    if (idleAtEnd && this.skip === 0) {
+      c.server = null;
+      this.client = null;
+      release(this);
+    }
+  }
+}
+
+const idle = [];
+/** Sessions waiting for a server, in arrival order. */
+const waiting = [];
+
+function release(server) {
+  const next = waiting.shift();
+  if (next === undefined) {
+    idle.push(server);
+    return;
+  }
+  lease(next, server);
+}
+
+function lease(session, server) {
+  session.server = server;
+  server.client = session;
+  const queued = session.queued;
+  session.queued = [];
+  for (const chunk of queued) forward(session.io, server.io, chunk);
+}
+
+/** Flow control as pgwarden's: a reader pauses while its peer holds writes libuv could not finish. */
+function forward(from, to, chunk) {
+  if (!to.write(chunk)) {
+    from.pause();
+    to.onceDrain(() => from.resume());
+  }
+}
+
+// ---- clients ---------------------------------------------------------------------------------
+
+class Session {
+  constructor(socket) {
+    this.socket = socket;
+    this.server = null;
+    this.queued = [];
+    this.io = takeOver(socket, (chunk) => this.onData(chunk));
+  }
+
+  onData(chunk) {
+    const s = this.server;
+    if (s !== null) {
+      forward(this.io, s.io, chunk);
+      return;
+    }
+    // A Terminate alone ends the session.
+    if (chunk.length === 5 && chunk[0] === 88) {
+      this.socket.end();
+      return;
+    }
+    const server = idle.pop();
+    if (server !== undefined) {
+      this.server = server;
+      server.client = this;
+      forward(this.io, server.io, chunk);
+      return;
+    }
+    this.queued.push(this.io.keep(chunk));
+    if (this.queued.length === 1) waiting.push(this);
+  }
+}
+
+/** Startup: SSLRequest answered 'N', then AuthenticationOk and the server's parameters. */
+function accept(socket, welcome) {
+  let buf = Buffer.alloc(0);
+  const onData = (d) => {
+    buf = Buffer.concat([buf, d]);
+    if (buf.length < 8) return;
+    const len = buf.readInt32BE(0);
+    if (buf.length < len) return;
+    const code = buf.readInt32BE(4);
+    buf = buf.subarray(len);
+    if (code === 80877103 || code === 80877104) {
+      socket.write("N"); // SSLRequest, GSSENCRequest: no
+      return;
+    }
+    socket.removeListener("data", onData);
+    socket.write(welcome);
+    const session = new Session(socket);
+    if (buf.length > 0) session.onData(buf);
+  };
+  socket.on("data", onData);
+}
+
+// ---- start -----------------------------------------------------------------------------------
+
+const conns = await Promise.all(
+  Array.from({ length: poolSize }, async () => {
+    const c = new pg.Client({ host, port: Number(port), user, password, database });
+    await c.connect();
+    return c;
+  }),
+);
+const first = conns[0];
+const params = await first.query(
+  "select name, setting from pg_settings where name in ('server_version', 'server_encoding', 'client_encoding', 'DateStyle', 'integer_datetimes', 'standard_conforming_strings', 'TimeZone', 'IntervalStyle')",
+);
+const key = Buffer.alloc(8);
+key.writeInt32BE(process.pid, 0);
+const welcome = Buffer.concat([
+  message("R", Buffer.from([0, 0, 0, 0])),
+  ...params.rows.map((r) => parameterStatus(r.name, r.setting)),
+  message("K", key),
+  message("Z", Buffer.from("I")),
+]);
+for (const c of conns) {
+  const socket = c.connection.stream;
+  socket.removeAllListeners("data");
+  socket.removeAllListeners("end");
+  socket.removeAllListeners("close");
+  socket.removeAllListeners("error");
+  socket.on("error", () => {});
+  socket.setNoDelay(true);
+  idle.push(new Server(socket));
+}
+
+const server = net.createServer({ noDelay: true }, (socket) => {
+  socket.on("error", () => socket.destroy());
+  accept(socket, welcome);
+});
+server.listen(Number(listenPort), "127.0.0.1", () => {
+  console.log(`listening ${server.address().port}`);
+});
+process.on("SIGTERM", () => process.exit(0));
