@@ -10,8 +10,15 @@
 //   an idle one or waits in a FIFO queue (its bytes kept until then);
 // - server bytes are framed only to find ReadyForQuery; every chunk is forwarded as it came, and
 //   a ReadyForQuery 'I' that ends a chunk gives the server back (to the first waiter, or idle);
-// - no statement tracking (so `-M prepared` fails here), no cancel, no error handling beyond
-//   closing the client, no settings, no metrics, no timers, no logging.
+// - named statements: the least tracking that lets pgbench `-M prepared` run. Client messages
+//   are framed; a server remembers the Parse of each name prepared on it, and a session the
+//   Parse of each of its names. A Parse the server holds byte for byte is answered at once
+//   (ParseComplete); a Bind of a name the server lacks, or holds for another text, gets a Close
+//   of the old one and the session's Parse first (their replies dropped). No renaming (a pooler
+//   renames, as pgwarden and PgBouncer do), no LRU, no client Close, no errors rolled back, and
+//   no pipelining across a Sync assumed;
+// - no cancel, no error handling beyond closing the client, no settings, no metrics, no timers,
+//   no logging.
 //
 // Reads and writes go through pgwarden's own socket layer (dist/util/socket-io.js), as in
 // node-floor. So its TPS is the ceiling of a Node.js pooler on this machine and runtime, and
@@ -59,12 +66,17 @@ class Server {
     this.skip = 0;
     this.hdr = Buffer.alloc(5);
     this.hdrFill = 0;
+    /** Statements prepared on this server: name → its Parse message. */
+    this.names = new Map();
+    /** Replies to injected Close and Parse messages still to drop. */
+    this.swallow = 0;
     this.io = takeOver(socket, (chunk) => this.onData(chunk));
   }
 
   onData(chunk) {
     const c = this.client;
     if (c === null) return; // (nobody asked: a pooler would close this server)
+    if (this.swallow > 0) chunk = this.dropInjectedReplies(chunk);
     let pos = 0;
     let idleAtEnd = false;
     const end = chunk.length;
@@ -96,13 +108,103 @@ class Server {
       else idleAtEnd = false;
       this.skip = len - 4;
     }
-    forward(this.io, c.io, chunk);
+    if (chunk.length > 0) forward(this.io, c.io, chunk);
     if (idleAtEnd && this.skip === 0) {
       c.server = null;
       this.client = null;
       release(this);
     }
   }
+
+  /** The chunk without the first `swallow` ParseCompletes and CloseCompletes (whole in it). */
+  dropInjectedReplies(chunk) {
+    const keep = [];
+    let pos = 0;
+    let from = 0;
+    while (pos + 5 <= chunk.length && this.swallow > 0) {
+      const len = chunk.readInt32BE(pos + 1);
+      if (chunk[pos] === 49 || chunk[pos] === 51) {
+        keep.push(chunk.subarray(from, pos));
+        from = pos + 5;
+        this.swallow--;
+      }
+      pos += 1 + len;
+    }
+    keep.push(chunk.subarray(from));
+    return Buffer.concat(keep);
+  }
+}
+
+const PARSE_COMPLETE = Buffer.from([49, 0, 0, 0, 4]);
+
+/**
+ * Client bytes to the leased server, with the named-statement handling above (messages assumed
+ * whole in one chunk, as pgbench sends them).
+ */
+function toServer(session, server, chunk) {
+  let out = null; // built only when a message is dropped or one injected
+  let from = 0;
+  let pos = 0;
+  while (pos + 5 <= chunk.length) {
+    const type = chunk[pos];
+    const next = pos + 1 + chunk.readInt32BE(pos + 1);
+    if (type === 80 /* P */ && chunk[pos + 5] !== 0) {
+      const name = chunk.toString("latin1", pos + 5, chunk.indexOf(0, pos + 5));
+      let parse = session.prepared.get(name);
+      if (parse === undefined) {
+        parse = Buffer.from(chunk.subarray(pos, next));
+        session.prepared.set(name, parse);
+      }
+      const held = server.names.get(name);
+      if (held !== undefined && (held === parse || held.equals(parse))) {
+        // held: answered here (nothing before it is unanswered: no pipelining across a Sync)
+        forward(server.io, session.io, PARSE_COMPLETE);
+        out ??= [];
+        out.push(chunk.subarray(from, pos));
+        from = next;
+      } else {
+        if (held !== undefined) {
+          // the server holds the name for another text: close that first
+          out ??= [];
+          out.push(chunk.subarray(from, pos), closeStatement(name));
+          from = pos;
+          server.swallow++;
+        }
+        server.names.set(name, parse);
+      }
+    } else if (type === 66 /* B */) {
+      const s = chunk.indexOf(0, pos + 5) + 1;
+      if (chunk[s] !== 0) {
+        const name = chunk.toString("latin1", s, chunk.indexOf(0, s));
+        const parse = session.prepared.get(name);
+        const held = server.names.get(name);
+        if (parse !== undefined && held !== parse && !held?.equals(parse)) {
+          out ??= [];
+          out.push(chunk.subarray(from, pos));
+          if (held !== undefined) {
+            out.push(closeStatement(name));
+            server.swallow++;
+          }
+          out.push(parse);
+          from = pos;
+          server.names.set(name, parse);
+          server.swallow++;
+        }
+      }
+    }
+    pos = next;
+  }
+  if (out === null) {
+    forward(session.io, server.io, chunk);
+    return;
+  }
+  out.push(chunk.subarray(from));
+  const bytes = Buffer.concat(out);
+  if (bytes.length > 0) forward(session.io, server.io, bytes);
+}
+
+function closeStatement(name) {
+  return message("C", Buffer.from(`S${name}\0`, "latin1"));
 }
 
 const idle = [];
@@ -123,7 +225,7 @@ function lease(session, server) {
   server.client = session;
   const queued = session.queued;
   session.queued = [];
-  for (const chunk of queued) forward(session.io, server.io, chunk);
+  for (const chunk of queued) toServer(session, server, chunk);
 }
 
 /** Flow control as pgwarden's: a reader pauses while its peer holds writes libuv could not finish. */
@@ -141,13 +243,15 @@ class Session {
     this.socket = socket;
     this.server = null;
     this.queued = [];
+    /** This session's named statements: name → its Parse message. */
+    this.prepared = new Map();
     this.io = takeOver(socket, (chunk) => this.onData(chunk));
   }
 
   onData(chunk) {
     const s = this.server;
     if (s !== null) {
-      forward(this.io, s.io, chunk);
+      toServer(this, s, chunk);
       return;
     }
     // A Terminate alone ends the session.
@@ -159,7 +263,7 @@ class Session {
     if (server !== undefined) {
       this.server = server;
       server.client = this;
-      forward(this.io, server.io, chunk);
+      toServer(this, server, chunk);
       return;
     }
     this.queued.push(this.io.keep(chunk));

@@ -97,8 +97,8 @@
 // PostgreSQL backend per client instead of a pool of BENCH_POOL_SIZE). node-floor-pool
 // (bench/node-floor-pool.mjs) is the least Node.js transaction pooler on the same layer: a pool
 // of BENCH_POOL_SIZE, clients logged in with no password, server replies framed only to find
-// ReadyForQuery, nothing else (no statement tracking: its `-M prepared` rows fail). Its TPS is
-// comparable: the ceiling of a Node.js pooler here.
+// ReadyForQuery, named statements tracked by name alone (enough for pgbench `-M prepared`, not
+// for other clients), nothing else. Its TPS is comparable: the ceiling of a Node.js pooler here.
 //
 // Workers (design §6). BENCH_TARGETS also takes pgwarden-2w: pgwarden with `workers = 2` (a
 // primary and two workers; its CPU and RSS are summed over all three processes, as for any
