@@ -29,19 +29,11 @@
 // prints "listening <port>" once it accepts.
 import net from "node:net";
 import pg from "pg";
-import { SocketIO } from "../dist/util/socket-io.js";
+import { forward, SocketIO, takeOver } from "./floor-io.mjs";
 
 const [listenPort, host, port, user, password, database, poolSizeArg] = process.argv.slice(2);
 const poolSize = Number(poolSizeArg);
 if (!SocketIO.native) console.error("node-floor-pool: this Node.js lacks the direct socket path");
-
-/** Hands `socket` to SocketIO once it flows with nothing buffered (as pgwarden does after login). */
-function takeOver(socket, onChunk) {
-  const noop = () => {};
-  socket.on("data", noop);
-  socket.removeListener("data", noop);
-  return new SocketIO(socket, onChunk);
-}
 
 function message(type, body) {
   const m = Buffer.allocUnsafe(5 + body.length);
@@ -226,14 +218,6 @@ function lease(session, server) {
   const queued = session.queued;
   session.queued = [];
   for (const chunk of queued) toServer(session, server, chunk);
-}
-
-/** Flow control as pgwarden's: a reader pauses while its peer holds writes libuv could not finish. */
-function forward(from, to, chunk) {
-  if (!to.write(chunk)) {
-    from.pause();
-    to.onceDrain(() => from.resume());
-  }
 }
 
 // ---- clients ---------------------------------------------------------------------------------

@@ -10,18 +10,10 @@
 //   node bench/node-floor.mjs <listen port> <server host> <server port>
 // prints "listening <port>" once it accepts.
 import net from "node:net";
-import { SocketIO } from "../dist/util/socket-io.js";
+import { forward, SocketIO, takeOver } from "./floor-io.mjs";
 
 const [listenPort, host, port] = process.argv.slice(2);
 if (!SocketIO.native) console.error("node-floor: this Node.js lacks the direct socket path");
-
-/** Hands `socket` to SocketIO once it flows with nothing buffered (as pgwarden does after login). */
-function takeOver(socket, onChunk) {
-  const noop = () => {};
-  socket.on("data", noop);
-  socket.removeListener("data", noop);
-  return new SocketIO(socket, onChunk);
-}
 
 const server = net.createServer({ noDelay: true }, (client) => {
   const upstream = net.connect({ host, port: Number(port), noDelay: true });
@@ -35,13 +27,6 @@ const server = net.createServer({ noDelay: true }, (client) => {
   let serverIO = null;
   /** Client bytes read before the server connection is up. */
   const early = [];
-  // Flow control as pgwarden's: a reader pauses while its peer holds writes libuv could not finish.
-  const forward = (from, to, chunk) => {
-    if (!to.write(chunk)) {
-      from.pause();
-      to.onceDrain(() => from.resume());
-    }
-  };
   const clientIO = takeOver(client, (chunk) => {
     if (serverIO === null) early.push(clientIO.keep(chunk));
     else forward(clientIO, serverIO, chunk);
