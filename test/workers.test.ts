@@ -3,7 +3,11 @@
 // worker accepted the CancelRequest, the admin console and /metrics show both workers, a reload
 // under pgbench load fails nothing, a SIGKILLed worker is replaced (its clients see an error,
 // new clients are served), and token rotation costs the provider what it costs one process.
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeTestCa } from "./fixtures/test-ca.js";
 import { parsePgbench, runPgbench } from "./harness/clients.js";
 import { type Pgwarden, startPgwarden, workerPids } from "./harness/pgwarden.js";
 import { type PgCluster, startPostgres } from "./harness/postgres.js";
@@ -285,8 +289,9 @@ describe("workers = 2", () => {
     const again = await clientsOnBothWorkers(4);
     for (const c of again) expect((await c.query("select 5 as x")).rows[0].x).toBe(5);
     for (const c of again) await c.end();
-    // Files the primary accepts but the workers cannot apply (a client TLS certificate that is
-    // not there): refused as a whole, every worker keeps the running pool size.
+    // Files whose TLS certificate is not there: the primary refuses them (it reads the files
+    // the configuration names with it, config/attachments.ts), every worker keeps the running
+    // pool size.
     const from2 = pw.logs().length;
     pw.writeConfig({
       general: {
@@ -321,6 +326,65 @@ describe("workers = 2", () => {
   function benchEnv() {
     return { PGHOST: pw.host, PGPORT: String(pw.port), PGUSER: "app", PGPASSWORD: "client-pw" };
   }
+});
+
+describe("workers = 2 with client TLS", () => {
+  it("a replacement worker serves the certificate the instance loaded, not the file as edited since", async () => {
+    const cluster = await startPostgres();
+    const a = makeTestCa({ san: "DNS:localhost", serverCn: "certificate a" });
+    const b = makeTestCa({ san: "DNS:localhost", serverCn: "certificate b" });
+    const dir = mkdtempSync(join(tmpdir(), "pgwarden-workers-tls-"));
+    const cert = join(dir, "cert.pem");
+    const key = join(dir, "key.pem");
+    copyFileSync(a.certFile, cert);
+    copyFileSync(a.keyFile, key);
+    let pw: Pgwarden | undefined;
+    try {
+      await cluster.createRole("app", "app-pw");
+      pw = await startPgwarden({
+        general: {
+          workers: 2,
+          pooler_mode: "transaction",
+          tls_certificate: cert,
+          tls_private_key: key,
+        },
+        databases: [
+          { name: "appdb", host: cluster.host, port: cluster.port, database_name: "postgres" },
+        ],
+        users: [
+          { name: "app", database: "appdb", password: "client-pw", server_password: "app-pw" },
+        ],
+      });
+      const listening = await pw.waitForLog((l) => l.msg === "listening");
+      // The files now hold another certificate; the instance was not reloaded.
+      copyFileSync(b.certFile, cert);
+      copyFileSync(b.keyFile, key);
+      const from = pw.logs().length;
+      const victim = 1;
+      process.kill(listening.worker_pids[victim] as number, "SIGKILL");
+      await pw.waitForLog((l) => l.msg === "worker ready" && l.worker === victim, 15_000, from);
+      // Clients that trust only the first certificate's CA get through on both workers.
+      const ssl = { ca: readFileSync(a.caFile, "utf8"), servername: "localhost" };
+      const clients = [];
+      while (clients.length < 4 || new Set(clients.map(workerOf)).size < 2) {
+        if (clients.length >= 40) throw new Error("40 connections, all on one worker");
+        clients.push(await connect(pw, "app", "client-pw", "appdb", { ssl }));
+      }
+      for (const c of clients) {
+        // biome-ignore lint/suspicious/noExplicitAny: the socket node-pg upgraded
+        const stream = (c as any).connection.stream as {
+          getPeerCertificate(): { subject: { CN: string } };
+        };
+        expect(stream.getPeerCertificate().subject.CN).toBe("certificate a");
+        expect((await c.query("select 1 as x")).rows[0].x).toBe(1);
+        await c.end();
+      }
+    } finally {
+      await pw?.stop();
+      await cluster.stop();
+      for (const d of [dir, a.dir, b.dir]) rmSync(d, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
 
 describe("token rotation with workers = 2", () => {

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import type { z } from "zod";
+import { type Attachments, attach, readAttachments } from "./attachments.js";
 import { ADMIN_DEFAULTS, DATABASE_DEFAULTS, GENERAL_DEFAULTS, USER_DEFAULTS } from "./defaults.js";
 import { type Env, pathKey, substituteTree } from "./env.js";
 import {
@@ -60,22 +61,37 @@ export interface ConfigTexts {
   readonly config: string;
   readonly users: string;
   readonly files: ConfigFiles;
+  /** The files the configuration names (TLS certificate, key, CA), read with it: attachments.ts. */
+  readonly attachments?: Attachments;
 }
 
 /** Reads and validates both files. Paths are resolved against the working directory. */
 export function loadConfig(configPath: string, usersPath: string, env: Env = process.env): Config {
-  return parseConfigTexts(readConfigTexts(configPath, usersPath), env);
+  return parseConfigTexts(readConfigTexts(configPath, usersPath, env), env);
 }
 
-/** Reads both files (a ConfigError naming the file when one cannot be read). */
-export function readConfigTexts(configPath: string, usersPath: string): ConfigTexts {
+/**
+ * Reads both files, and the files they name (attachments.ts); a ConfigError naming the file
+ * (and key) when one cannot be read or used, or when the configuration is invalid.
+ */
+export function readConfigTexts(
+  configPath: string,
+  usersPath: string,
+  env: Env = process.env,
+): ConfigTexts {
   const files = { config: resolve(configPath), users: resolve(usersPath) };
-  return { config: readText(files.config), users: readText(files.users), files };
+  const texts = { config: readText(files.config), users: readText(files.users), files };
+  const config = parseConfig(texts.config, texts.users, files, env);
+  return { ...texts, attachments: readAttachments(config) };
 }
 
-/** Validates texts read by readConfigTexts (here or in another process). */
+/**
+ * Validates texts read by readConfigTexts (here or in another process); the Config keeps their
+ * attachments (read now when there are none).
+ */
 export function parseConfigTexts(texts: ConfigTexts, env: Env = process.env): Config {
-  return parseConfig(texts.config, texts.users, texts.files, env);
+  const config = parseConfig(texts.config, texts.users, texts.files, env);
+  return attach(config, texts.attachments ?? readAttachments(config));
 }
 
 /** Same as `loadConfig`, from the files' text; `files` only names them in messages and in `Config.files`. */

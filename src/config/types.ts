@@ -123,4 +123,9 @@ export interface Config {
   readonly vault: VaultConfig | undefined;
   /** Absolute paths the config was read from (for messages and reload). */
   readonly files: { readonly config: string; readonly users: string };
+  /**
+   * The files it names (TLS certificate, key, CA), read with it: config/attachments.ts. Absent
+   * from a Config made from text alone (parseConfig).
+   */
+  readonly attachments?: Readonly<Record<string, Uint8Array>>;
 }

@@ -17,7 +17,7 @@ import { readFileSync } from "node:fs";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 import tls from "node:tls";
-import type { Config } from "../config/index.js";
+import { type Config, fileOf } from "../config/index.js";
 import type { PoolRegistry } from "../pool/index.js";
 import type { Logger } from "../util/index.js";
 import { ClientSession, type FrontendContext } from "./client-session.js";
@@ -275,8 +275,8 @@ function makeTlsContext(config: Config): tls.SecureContext | null {
   const { tls_certificate, tls_private_key } = config.general;
   if (!tls_certificate || !tls_private_key) return null;
   return tls.createSecureContext({
-    cert: readFileSync(tls_certificate),
-    key: readFileSync(tls_private_key),
+    cert: fileOf(config, tls_certificate),
+    key: fileOf(config, tls_private_key),
   });
 }
 

@@ -13,11 +13,11 @@
 // sessions re-resolve their pool. One maintenance timer drives every pool's upkeep.
 
 import type { Buffer } from "node:buffer";
-import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import {
   type Config,
   type DatabaseConfig,
+  fileOf,
   TOKEN_AUTH_MODES,
   type UserConfig,
 } from "../config/index.js";
@@ -284,7 +284,7 @@ function staticSecret(user: UserConfig): CredentialSource {
 
 function readCa(config: Config): Buffer | undefined {
   const file = config.general.tls_server_ca_certificate;
-  return file ? readFileSync(file) : undefined;
+  return file ? fileOf(config, file) : undefined;
 }
 
 function settingsFor(
