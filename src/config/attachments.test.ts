@@ -4,6 +4,7 @@
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { inspect } from "node:util";
 import { deserialize, serialize } from "node:v8";
 import { afterAll, describe, expect, it } from "vitest";
 import { makeTestCa } from "../../test/fixtures/test-ca.js";
@@ -67,6 +68,9 @@ describe("attachments", () => {
     // Sent to a worker (IPC's advanced serialization): the same bytes, whatever the disk holds.
     const inWorker = parseConfigTexts(deserialize(serialize(texts)), {});
     expect(Buffer.from(fileOf(inWorker, cert))).toEqual(readFileSync(a.certFile));
+    // Serialized or inspected (a log line, say), the record shows paths, never the key's bytes.
+    expect(JSON.parse(JSON.stringify(config)).attachments).toEqual([cert, key, ca]);
+    expect(inspect(config, { depth: 5 })).not.toMatch(/Uint8Array|Buffer|\b45, 45, 45\b/);
     // A new read takes the file as it is now.
     expect(fileOf(parseConfigTexts(readConfigTexts(configFile, usersFile, {}), {}), cert)).toEqual(
       readFileSync(b.certFile),

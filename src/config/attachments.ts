@@ -16,6 +16,7 @@ import { Buffer } from "node:buffer";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import tls from "node:tls";
+import { inspect } from "node:util";
 import { ConfigError, type ConfigProblem } from "./errors.js";
 import type { Config } from "./types.js";
 
@@ -80,9 +81,20 @@ export function readAttachments(config: Config): Attachments {
   return out;
 }
 
-/** `config` with `files` as what it was read with. */
+/**
+ * `config` with `files` as what it was read with. The record shows its paths only, never the
+ * bytes (a private key among them), when serialized or inspected.
+ */
 export function attach(config: Config, files: Attachments): Config {
-  return Object.freeze({ ...config, attachments: Object.freeze({ ...files }) });
+  const paths = () => Object.keys(files);
+  const record = Object.defineProperties(
+    { ...files },
+    {
+      toJSON: { value: paths, enumerable: false },
+      [inspect.custom]: { value: paths, enumerable: false },
+    },
+  );
+  return Object.freeze({ ...config, attachments: Object.freeze(record) });
 }
 
 /**
