@@ -6,12 +6,12 @@
 // checked the way TLS will use them: a certificate and key that make a TLS context, a CA that
 // parses. Then they are part of that Config (`Config.attachments`, carried by the copies made
 // of it, e.g. a worker's share): whoever needs one takes these bytes (fileOf), never a later
-// read of the file. So a reload whose file is missing or broken fails
-// as a whole, with a message naming the key and the file, before anything changes. With workers,
-// the primary reads them and sends them with the configuration's text (ConfigTexts.attachments):
-// every worker, a replacement too, runs the very certificate the others run, whatever the file
-// holds now, and no worker can fail a reload the primary accepted because of a file
-// (docs/workers.md).
+// read of the file. So a reload whose file is missing or broken fails as a whole, with a message
+// naming the key and the file, before anything changes. With workers, the primary reads them
+// and sends them with the configuration's text (ConfigTexts.attachments, over the IPC channel
+// to its own child processes): every worker, a replacement too, runs the very certificate the
+// others run, whatever the file holds now, and no worker can fail a reload the primary accepted
+// because of a file (docs/workers.md).
 import { Buffer } from "node:buffer";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
