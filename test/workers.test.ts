@@ -2,7 +2,8 @@
 // workers). Real PostgreSQL, real clients: cancel keys route to the owning worker whichever
 // worker accepted the CancelRequest, the admin console and /metrics show both workers, a reload
 // under pgbench load fails nothing, a SIGKILLed worker is replaced (its clients see an error,
-// new clients are served), and token rotation costs the provider what it costs one process.
+// new clients are served; it runs the configuration and the TLS certificate the instance
+// loaded), and token rotation costs the provider what it costs one process.
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
