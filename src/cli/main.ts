@@ -16,7 +16,7 @@ import {
   loadConfig,
   parseConfigTexts,
   RESTART_KEYS,
-  readConfigTexts,
+  readConfig,
 } from "../config/index.js";
 import {
   type CredentialBroker,
@@ -74,8 +74,12 @@ async function main(): Promise<void> {
   let texts: ConfigTexts;
   let config: Config;
   try {
-    texts = link ? await link.configTexts() : readConfigTexts(configPath, usersPath);
-    config = parseConfigTexts(texts, process.env);
+    if (link) {
+      texts = await link.configTexts();
+      config = parseConfigTexts(texts, process.env);
+    } else {
+      ({ texts, config } = readConfig(configPath, usersPath, process.env));
+    }
   } catch (err) {
     if (
       link !== null ||
@@ -98,7 +102,7 @@ async function main(): Promise<void> {
       texts,
       config,
       workers,
-      read: () => readConfigTexts(configPath, usersPath),
+      read: () => readConfig(configPath, usersPath, process.env),
       logger,
       engine: makeEngine(config, logger),
       env: process.env,

@@ -32,7 +32,7 @@
 import cluster, { type Worker } from "node:cluster";
 import { randomBytes } from "node:crypto";
 import { AggregatorRegistry } from "prom-client";
-import { type Config, type ConfigTexts, parseConfigTexts } from "../config/index.js";
+import type { Config, ConfigTexts } from "../config/index.js";
 import {
   type CredentialEngine,
   CredentialHost,
@@ -59,8 +59,8 @@ export interface PrimaryOptions {
   readonly texts: ConfigTexts;
   readonly config: Config;
   readonly workers: number;
-  /** Re-reads both config files (throws on an error). */
-  readonly read: () => ConfigTexts;
+  /** Re-reads and validates both config files: their text and its Config (throws on an error). */
+  readonly read: () => { texts: ConfigTexts; config: Config };
   readonly logger: Logger;
   readonly engine: CredentialEngine;
   readonly env: Readonly<Record<string, string | undefined>>;
@@ -140,8 +140,7 @@ export async function runPrimary(opts: PrimaryOptions): Promise<void> {
       );
   };
   const reload = singleFlightReload(logger, async (trigger: string): Promise<string> => {
-    const nextTexts = opts.read();
-    const next = parseConfigTexts(nextTexts, opts.env);
+    const { texts: nextTexts, config: next } = opts.read();
     host.learn(identities(next));
     const targets = live();
     const settled = await Promise.allSettled(

@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { makeTestCa } from "../../test/fixtures/test-ca.js";
 import { fileOf } from "./attachments.js";
 import { ConfigError } from "./errors.js";
-import { parseConfig, parseConfigTexts, readConfigTexts } from "./load.js";
+import { parseConfig, parseConfigTexts, readConfig } from "./load.js";
 
 const USERS = `
 [[users]]
@@ -58,7 +58,7 @@ describe("attachments", () => {
   it("a Config keeps the bytes read with it, not what the file holds later", () => {
     useCerts(a);
     writeConfig(tlsKeys);
-    const texts = readConfigTexts(configFile, usersFile, {});
+    const texts = readConfig(configFile, usersFile, {}).texts;
     const config = parseConfigTexts(texts, {});
     useCerts(b);
     expect(fileOf(config, cert)).toEqual(readFileSync(a.certFile));
@@ -72,7 +72,7 @@ describe("attachments", () => {
     expect(JSON.parse(JSON.stringify(config)).attachments).toEqual([cert, key, ca]);
     expect(inspect(config, { depth: 5 })).not.toMatch(/Uint8Array|Buffer|\b45, 45, 45\b/);
     // A new read takes the file as it is now.
-    expect(fileOf(parseConfigTexts(readConfigTexts(configFile, usersFile, {}), {}), cert)).toEqual(
+    expect(fileOf(parseConfigTexts(readConfig(configFile, usersFile, {}).texts, {}), cert)).toEqual(
       readFileSync(b.certFile),
     );
   });
@@ -91,14 +91,14 @@ describe("attachments", () => {
 
   it("no TLS keys: nothing attached, nothing read", () => {
     writeConfig("");
-    expect(readConfigTexts(configFile, usersFile, {}).attachments).toEqual({});
+    expect(readConfig(configFile, usersFile, {}).texts.attachments).toEqual({});
   });
 
   it("a missing file is a ConfigError naming the key and the file", () => {
     writeConfig(
       `tls_certificate = "${join(dir, "none.pem")}"\ntls_private_key = "${key}"\ntls_server_ca_certificate = "${join(dir, "none-ca.pem")}"`,
     );
-    const err = errorOf(() => readConfigTexts(configFile, usersFile, {}));
+    const err = errorOf(() => readConfig(configFile, usersFile, {}).texts);
     expect(err.problems.map((p) => p.message)).toEqual([
       `${configFile}: [general] key "tls_certificate": file not found: "${join(dir, "none.pem")}"`,
       `${configFile}: [general] key "tls_server_ca_certificate": file not found: "${join(dir, "none-ca.pem")}"`,
@@ -111,7 +111,7 @@ describe("attachments", () => {
     copyFileSync(b.keyFile, key); // another certificate's key
     writeFileSync(ca, "not a certificate\n");
     writeConfig(tlsKeys);
-    const err = errorOf(() => readConfigTexts(configFile, usersFile, {}));
+    const err = errorOf(() => readConfig(configFile, usersFile, {}).texts);
     expect(err.problems.map((p) => p.key)).toEqual([
       "tls_certificate",
       "tls_server_ca_certificate",

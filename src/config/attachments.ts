@@ -2,7 +2,7 @@
 // certificate and key (`[general] tls_certificate`, `tls_private_key`) and the servers' CA
 // (`tls_server_ca_certificate`).
 //
-// They are read when the configuration is (at start and at each reload, readConfigTexts) and
+// They are read when the configuration is (at start and at each reload, readConfig) and
 // checked the way TLS will use them: a certificate and key that make a TLS context, a CA that
 // parses. Then they are part of that Config (`Config.attachments`, carried by the copies made
 // of it, e.g. a worker's share): whoever needs one takes these bytes (fileOf), never a later

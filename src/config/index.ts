@@ -1,4 +1,4 @@
-export { type Attachments, fileOf } from "./attachments.js";
+export { fileOf } from "./attachments.js";
 export { ADMIN_DEFAULTS, DATABASE_DEFAULTS, GENERAL_DEFAULTS, USER_DEFAULTS } from "./defaults.js";
 export { type ConfigDiff, diffConfig, isEmptyDiff, type UserKey } from "./diff.js";
 export type { Env } from "./env.js";
@@ -10,7 +10,7 @@ export {
   loadConfig,
   parseConfig,
   parseConfigTexts,
-  readConfigTexts,
+  readConfig,
   vaultConfig,
 } from "./load.js";
 export {

@@ -67,26 +67,32 @@ export interface ConfigTexts {
 
 /** Reads and validates both files. Paths are resolved against the working directory. */
 export function loadConfig(configPath: string, usersPath: string, env: Env = process.env): Config {
-  return parseConfigTexts(readConfigTexts(configPath, usersPath, env), env);
+  return readConfig(configPath, usersPath, env).config;
 }
 
 /**
- * Reads both files, and the files they name (attachments.ts); a ConfigError naming the file
- * (and key) when one cannot be read or used, or when the configuration is invalid.
+ * Reads and validates both files, and reads the files they name (attachments.ts): the text as
+ * read, with those files (what a primary sends its workers), and the Config made from it. A
+ * ConfigError names the file (and key) that cannot be read or used, or what is invalid.
  */
-export function readConfigTexts(
+export function readConfig(
   configPath: string,
   usersPath: string,
   env: Env = process.env,
-): ConfigTexts {
+): { texts: ConfigTexts; config: Config } {
   const files = { config: resolve(configPath), users: resolve(usersPath) };
-  const texts = { config: readText(files.config), users: readText(files.users), files };
-  const config = parseConfig(texts.config, texts.users, files, env);
-  return { ...texts, attachments: readAttachments(config) };
+  const configText = readText(files.config);
+  const usersText = readText(files.users);
+  const parsed = parseConfig(configText, usersText, files, env);
+  const attachments = readAttachments(parsed);
+  return {
+    texts: { config: configText, users: usersText, files, attachments },
+    config: attach(parsed, attachments),
+  };
 }
 
 /**
- * Validates texts read by readConfigTexts (here or in another process); the Config keeps their
+ * Validates the text readConfig read (in another process: a worker); the Config keeps its
  * attachments (read now when there are none).
  */
 export function parseConfigTexts(texts: ConfigTexts, env: Env = process.env): Config {
