@@ -21,7 +21,7 @@
 //   no logging.
 //
 // Reads and writes go through pgwarden's own socket layer (dist/util/socket-io.js), as in
-// node-floor. So its TPS is the ceiling of a Node.js pooler on this machine and runtime, and
+// node-floor, and the messages it makes are pgwarden's (dist/protocol). So its TPS is the ceiling of a Node.js pooler on this machine and runtime, and
 // pgwarden's distance to it is what pgwarden's own work costs in TPS.
 //
 //   node bench/node-floor-pool.mjs <listen port> <server host> <server port> <user> <password>
@@ -29,23 +29,22 @@
 // prints "listening <port>" once it accepts.
 import net from "node:net";
 import pg from "pg";
+import {
+  authenticationOk,
+  backendKeyData,
+  close,
+  GSSENC_REQUEST_CODE,
+  Msg,
+  parameterStatus,
+  parseComplete,
+  readyForQuery,
+  SSL_REQUEST_CODE,
+} from "../dist/protocol/index.js";
 import { forward, SocketIO, takeOver } from "./floor-io.mjs";
 
 const [listenPort, host, port, user, password, database, poolSizeArg] = process.argv.slice(2);
 const poolSize = Number(poolSizeArg);
 if (!SocketIO.native) console.error("node-floor-pool: this Node.js lacks the direct socket path");
-
-function message(type, body) {
-  const m = Buffer.allocUnsafe(5 + body.length);
-  m[0] = type.charCodeAt(0);
-  m.writeInt32BE(4 + body.length, 1);
-  body.copy(m, 5);
-  return m;
-}
-
-function parameterStatus(name, value) {
-  return message("S", Buffer.from(`${name}\0${value}\0`, "utf8"));
-}
 
 // ---- the pool --------------------------------------------------------------------------------
 
@@ -95,8 +94,9 @@ class Server {
         type = this.hdr[0];
         len = this.hdr.readInt32BE(1);
       }
-      // 'Z': its one body byte is the transaction status
-      if (type === 90 && pos < end) idleAtEnd = chunk[pos] === 73 && pos + 1 === end;
+      // ReadyForQuery: its one body byte is the transaction status ('I': idle)
+      if (type === Msg.ReadyForQuery && pos < end)
+        idleAtEnd = chunk[pos] === 0x49 && pos + 1 === end;
       else idleAtEnd = false;
       this.skip = len - 4;
     }
@@ -115,7 +115,7 @@ class Server {
     let from = 0;
     while (pos + 5 <= chunk.length && this.swallow > 0) {
       const len = chunk.readInt32BE(pos + 1);
-      if (chunk[pos] === 49 || chunk[pos] === 51) {
+      if (chunk[pos] === Msg.ParseComplete || chunk[pos] === Msg.CloseComplete) {
         keep.push(chunk.subarray(from, pos));
         from = pos + 5;
         this.swallow--;
@@ -126,8 +126,6 @@ class Server {
     return Buffer.concat(keep);
   }
 }
-
-const PARSE_COMPLETE = Buffer.from([49, 0, 0, 0, 4]);
 
 /**
  * Client bytes to the leased server, with the named-statement handling above (messages assumed
@@ -140,7 +138,7 @@ function toServer(session, server, chunk) {
   while (pos + 5 <= chunk.length) {
     const type = chunk[pos];
     const next = pos + 1 + chunk.readInt32BE(pos + 1);
-    if (type === 80 /* P */ && chunk[pos + 5] !== 0) {
+    if (type === Msg.Parse && chunk[pos + 5] !== 0) {
       const name = chunk.toString("latin1", pos + 5, chunk.indexOf(0, pos + 5));
       let parse = session.prepared.get(name);
       if (parse === undefined) {
@@ -150,7 +148,7 @@ function toServer(session, server, chunk) {
       const held = server.names.get(name);
       if (held !== undefined && (held === parse || held.equals(parse))) {
         // held: answered here (nothing before it is unanswered: no pipelining across a Sync)
-        forward(server.io, session.io, PARSE_COMPLETE);
+        forward(server.io, session.io, parseComplete);
         out ??= [];
         out.push(chunk.subarray(from, pos));
         from = next;
@@ -158,13 +156,13 @@ function toServer(session, server, chunk) {
         if (held !== undefined) {
           // the server holds the name for another text: close that first
           out ??= [];
-          out.push(chunk.subarray(from, pos), closeStatement(name));
+          out.push(chunk.subarray(from, pos), close("S", name));
           from = pos;
           server.swallow++;
         }
         server.names.set(name, parse);
       }
-    } else if (type === 66 /* B */) {
+    } else if (type === Msg.Bind) {
       const s = chunk.indexOf(0, pos + 5) + 1;
       if (chunk[s] !== 0) {
         const name = chunk.toString("latin1", s, chunk.indexOf(0, s));
@@ -174,7 +172,7 @@ function toServer(session, server, chunk) {
           out ??= [];
           out.push(chunk.subarray(from, pos));
           if (held !== undefined) {
-            out.push(closeStatement(name));
+            out.push(close("S", name));
             server.swallow++;
           }
           out.push(parse);
@@ -193,10 +191,6 @@ function toServer(session, server, chunk) {
   out.push(chunk.subarray(from));
   const bytes = Buffer.concat(out);
   if (bytes.length > 0) forward(session.io, server.io, bytes);
-}
-
-function closeStatement(name) {
-  return message("C", Buffer.from(`S${name}\0`, "latin1"));
 }
 
 const idle = [];
@@ -239,7 +233,7 @@ class Session {
       return;
     }
     // A Terminate alone ends the session.
-    if (chunk.length === 5 && chunk[0] === 88) {
+    if (chunk.length === 5 && chunk[0] === Msg.Terminate) {
       this.socket.end();
       return;
     }
@@ -265,7 +259,7 @@ function accept(socket, welcome) {
     if (buf.length < len) return;
     const code = buf.readInt32BE(4);
     buf = buf.subarray(len);
-    if (code === 80877103 || code === 80877104) {
+    if (code === SSL_REQUEST_CODE || code === GSSENC_REQUEST_CODE) {
       socket.write("N"); // SSLRequest, GSSENCRequest: no
       return;
     }
@@ -290,13 +284,11 @@ const first = conns[0];
 const params = await first.query(
   "select name, setting from pg_settings where name in ('server_version', 'server_encoding', 'client_encoding', 'DateStyle', 'integer_datetimes', 'standard_conforming_strings', 'TimeZone', 'IntervalStyle')",
 );
-const key = Buffer.alloc(8);
-key.writeInt32BE(process.pid, 0);
 const welcome = Buffer.concat([
-  message("R", Buffer.from([0, 0, 0, 0])),
+  authenticationOk,
   ...params.rows.map((r) => parameterStatus(r.name, r.setting)),
-  message("K", key),
-  message("Z", Buffer.from("I")),
+  backendKeyData(process.pid, 0),
+  readyForQuery("I"),
 ]);
 for (const c of conns) {
   const socket = c.connection.stream;
