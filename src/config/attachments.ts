@@ -17,7 +17,7 @@ import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import tls from "node:tls";
 import { inspect } from "node:util";
-import { ConfigError, type ConfigProblem } from "./errors.js";
+import { ConfigError, type ConfigProblem, unreadable } from "./errors.js";
 import type { Config } from "./types.js";
 
 /** File contents by path, as read with a configuration. */
@@ -49,13 +49,7 @@ export function readAttachments(config: Config): Attachments {
     try {
       out[path] = readFileSync(path);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      problem(
-        key,
-        code === "ENOENT"
-          ? `file not found: "${path}"`
-          : `cannot read "${path}" (${code ?? String(err)})`,
-      );
+      problem(key, `${unreadable(err)}: "${path}"`);
     }
   }
   if (problems.length > 0) throw new ConfigError(problems);

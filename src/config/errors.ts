@@ -84,6 +84,12 @@ export function missingKey(file: string, root: unknown, path: Path): ConfigProbl
   };
 }
 
+/** Why a file could not be read, for a message ("file not found", "cannot read file (EACCES)"). */
+export function unreadable(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === "ENOENT" ? "file not found" : `cannot read file (${code ?? String(err)})`;
+}
+
 export function fileProblem(file: string, text: string): ConfigProblem {
   return { file, table: undefined, key: undefined, message: `${file}: ${text}` };
 }

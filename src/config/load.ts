@@ -23,6 +23,7 @@ import {
   problemAt,
   quote,
   unknownKey,
+  unreadable,
 } from "./errors.js";
 import { deepFreeze } from "./freeze.js";
 import {
@@ -123,9 +124,7 @@ function readText(file: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === "ENOENT" ? "file not found" : `cannot read file (${code ?? String(err)})`;
-    throw new ConfigError([fileProblem(file, why)], err);
+    throw new ConfigError([fileProblem(file, unreadable(err))], err);
   }
 }
 
