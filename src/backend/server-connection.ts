@@ -475,7 +475,8 @@ export class ServerConnection {
         }
         if (type === Msg.ReadyForQuery) {
           this.txStatus = f.bodyByte(0);
-          if (pos > fwd) this.toSink(sink, chunk.subarray(fwd, pos));
+          if (pos > fwd)
+            this.toSink(sink, fwd === 0 && pos === chunk.length ? chunk : chunk.subarray(fwd, pos));
           fwd = pos;
           this.moreAfterReady = pos < chunk.length;
           sink.serverReady(this.txStatus);

@@ -25,6 +25,7 @@ import {
   rowDescription,
   sync,
 } from "../protocol/index.js";
+import { sharedArena } from "../util/index.js";
 import { type ServerStatements, StatementRegistry } from "./prepared-statements.js";
 import { REPLY_FORWARD, REPLY_SWALLOW, StatementRewriter } from "./statement-rewriter.js";
 import { cstr, frontendTokens } from "./statement-rewriter.test-support.js";
@@ -236,17 +237,61 @@ describe("Parse", () => {
 });
 
 describe("Bind and Describe", () => {
-  it("rewrites a Bind of a held statement with one small header and the rest not copied", () => {
+  it("rewrites a Bind of a held statement into one range with the rest of a small transaction", () => {
     const { rw } = setup();
     prepared(rw, "stmt", "select $1", [25]);
     const s = send(rw, bind("p", "stmt", ["hello", null]), execute("p"), sync);
     expect(s.server).toEqual(["B p:pgw_1", "E p", "S"]);
-    expect(s.parts).toHaveLength(2);
-    // Parameters, Execute and Sync go out as one range of the client's own chunk.
-    expect(s.parts[1]!.buffer).toBe(s.chunk.buffer);
-    const sent = Buffer.concat(s.parts);
+    // Bind, Execute and Sync go out as one range (of the shared arena), not of the client's chunk.
+    expect(s.parts).toHaveLength(1);
+    expect(s.parts[0]!.buffer).not.toBe(s.chunk.buffer);
     const expected = Buffer.concat([bind("p", "pgw_1", ["hello", null]), execute("p"), sync]);
-    expect(sent.equals(expected)).toBe(true);
+    expect(s.parts[0]!.equals(expected)).toBe(true);
+    // A second transaction: its own bytes, the first one's left as they were.
+    const first = Buffer.from(s.parts[0]!);
+    const t = send(rw, bind("", "stmt", ["again"]), execute(), sync);
+    expect(t.server).toEqual(["B :pgw_1", "E ", "S"]);
+    expect(s.parts[0]!.equals(first)).toBe(true);
+  });
+
+  it("keeps its output in order across the end of an arena buffer, and bytes that waited too", () => {
+    const { rw, registry } = setup();
+    prepared(rw, "a", "select $1", [25]);
+    for (let room = 0; room < 40; room++) {
+      // Leave `room` bytes in the arena's buffer: the output starts, or continues, in a new one.
+      sharedArena.carve(sharedArena.buf.length - sharedArena.pos - room);
+      const s = send(rw, bind("", "a", [`v${room}`]), execute(), sync);
+      const expected = Buffer.concat([bind("", "pgw_1", [`v${room}`]), execute(), sync]);
+      expect(Buffer.concat(s.parts).equals(expected)).toBe(true);
+      expect(reply(rw, bindComplete, SELECT1, Z).client).toEqual(["2", "C SELECT 1", "Z I"]);
+    }
+    // Bytes handed over with no server leased are kept (retain) and planned on the next lease.
+    rw.detach();
+    sharedArena.carve(sharedArena.buf.length - sharedArena.pos - 8);
+    const chunk = handOver(rw, [bind("", "a", ["late"]), execute(), sync]);
+    rw.retain();
+    chunk.fill(0); // the read buffer is reused
+    moveTo(rw, registry.newServer());
+    rw.plan();
+    expect(frontendTokens(Buffer.concat(rw.takeServer()))).toEqual([
+      "P pgw_1 select $1 [25]",
+      "B :pgw_1",
+      "E ",
+      "S",
+    ]);
+  });
+
+  it("passes big parameters on by reference, after the rewritten Bind header", () => {
+    const { rw } = setup();
+    prepared(rw, "stmt", "select $1", [25]);
+    const big = "x".repeat(5000);
+    const s = send(rw, bind("", "stmt", [big]), execute(), sync);
+    expect(s.server).toEqual(["B :pgw_1", "E ", "S"]);
+    // The header (arena), then the parameters, Execute and Sync as one range of the chunk.
+    expect(s.parts).toHaveLength(2);
+    expect(s.parts[1]!.buffer).toBe(s.chunk.buffer);
+    const expected = Buffer.concat([bind("", "pgw_1", [big]), execute(), sync]);
+    expect(Buffer.concat(s.parts).equals(expected)).toBe(true);
   });
 
   it("injects the Parse of a statement the server lacks and swallows its reply", () => {

@@ -32,11 +32,13 @@
 // over still name (a portal or a later Bind may need it).
 //
 // Cost. A client that never sends a named Parse never gets a rewriter. With one, the common
-// case (Bind of a held statement, Execute, Sync) is one small buffer (Bind header, portal, new
-// name) and one subarray for the rest of the chunk; no message body is copied, and the Bind's
-// statement is found by the bytes of its name (a small cache: no string, no map lookup). The
-// client's bytes are ranges of its socket's reused read buffer: what is planned at once is
-// sent at once; what must wait is copied (retain()).
+// case (Bind of a held statement, Execute, Sync) makes no Buffer object but the one range it
+// is written as: the output is built in the process's shared ByteArena (util/byte-arena.ts),
+// the rewritten Bind header there and the client's small messages copied after it (pieces
+// over COPY_MAX go out as ranges of the client's own buffers instead), and the Bind's statement
+// is found by the bytes of its name (a small cache: no string, no map lookup). The client's
+// bytes are ranges of its socket's reused read buffer: what is planned at once is sent at
+// once; what must wait is copied (retain(), small spans to the arena too).
 //
 // Wiring (the session and the server pump): every client message goes through the rewriter
 // once it is on, in order; the server pump reports REPLY_TYPES whole (never half forwarded, so
@@ -51,6 +53,7 @@ import {
   ProtocolError,
   parseComplete,
 } from "../protocol/index.js";
+import { copyBytes, sharedArena } from "../util/index.js";
 import {
   mayDeallocate,
   type PreparedEntry,
@@ -192,6 +195,13 @@ class Fifo {
 }
 
 const PIECE_BYTES = -1;
+
+/**
+ * Client bytes up to this size are copied (to the shared arena) rather than referenced: a
+ * transaction's few messages then go out, and wait in the queue, as one range without a Buffer
+ * object of their own; bigger ones are passed on as ranges of the client's buffers.
+ */
+const COPY_MAX = 1024;
 
 export class StatementRewriter {
   readonly registry: StatementRegistry;
@@ -461,11 +471,22 @@ export class StatementRewriter {
       let k = j + 1;
       while (k < n && this.qBuf[k] === buf && this.qStart[k]! >= this.qEnd[k - 1]!) k++;
       const s = this.qStart[j]!;
-      const copy = Buffer.from(buf.subarray(s, this.qEnd[k - 1]!));
+      const e = this.qEnd[k - 1]!;
+      // Small spans (a transaction's few messages) go to the shared arena: no new Buffer.
+      let copy: Buffer;
+      let at: number;
+      if (e - s <= COPY_MAX) {
+        at = sharedArena.carve(e - s);
+        copy = sharedArena.buf;
+        copyBytes(buf, s, e, copy, at);
+      } else {
+        copy = Buffer.from(buf.subarray(s, e));
+        at = 0;
+      }
       for (let m = j; m < k; m++) {
         this.qBuf[m] = copy;
-        this.qStart[m] = this.qStart[m]! - s;
-        this.qEnd[m] = this.qEnd[m]! - s;
+        this.qStart[m] = this.qStart[m]! - s + at;
+        this.qEnd[m] = this.qEnd[m]! - s + at;
       }
       j = k;
     }
@@ -644,18 +665,24 @@ export class StatementRewriter {
       return true;
     }
     if (!this.ensure(entry)) return false;
-    // New Bind: header, portal name, server-side name; then the client's bytes from the
-    // parameters on, not copied.
+    // New Bind: header, portal name, server-side name, written to the output (the arena);
+    // then the client's bytes from the parameters on (copied when small, else a range).
     const portalStart = start + 5;
     const portalLen = portalEnd - portalStart;
     const rest = stmtEnd + 1;
-    const head = Buffer.allocUnsafe(5 + portalLen + 1 + entry.nameZ.length);
-    head[0] = Msg.Bind;
-    head.writeInt32BE(head.length - 1 + (start + len - rest), 1);
-    buf.copy(head, 5, portalStart, portalEnd);
-    head[5 + portalLen] = 0;
-    entry.nameZ.copy(head, 6 + portalLen);
-    this.emit(head);
+    const nameZ = entry.nameZ;
+    const headLen = 5 + portalLen + 1 + nameZ.length;
+    const at = this.put(headLen);
+    const out = sharedArena.buf;
+    const msgLen = headLen - 1 + (start + len - rest);
+    out[at] = Msg.Bind;
+    out[at + 1] = msgLen >>> 24;
+    out[at + 2] = (msgLen >>> 16) & 0xff;
+    out[at + 3] = (msgLen >>> 8) & 0xff;
+    out[at + 4] = msgLen & 0xff;
+    copyBytes(buf, portalStart, portalEnd, out, at + 5);
+    out[at + 5 + portalLen] = 0;
+    copyBytes(nameZ, 0, nameZ.length, out, at + 6 + portalLen);
     this.forward(buf, rest, end);
     this.fifo.push(K_BIND, entry);
     this.portalRuns(buf, portalStart, portalEnd, entry.mayDeallocate);
@@ -836,10 +863,20 @@ export class StatementRewriter {
     }
   }
 
+  /**
+   * Bytes for the server: buf[start, end). Small pieces are copied to the output run in the
+   * shared arena (what a transaction sends then goes out as one range); big ones are passed
+   * on by reference, contiguous ranges merged.
+   */
   private forward(buf: Buffer, start: number, end: number): void {
     if (start === end) return;
     if (this.pendBuf === buf && this.pendEnd === start) {
       this.pendEnd = end;
+      return;
+    }
+    if (end - start <= COPY_MAX) {
+      const at = this.put(end - start); // (first: it may start a new arena buffer)
+      copyBytes(buf, start, end, sharedArena.buf, at);
       return;
     }
     this.flushPending();
@@ -848,9 +885,25 @@ export class StatementRewriter {
     this.pendEnd = end;
   }
 
+  /** A whole message of pgwarden's own for the server. */
   private emit(b: Buffer): void {
-    this.flushPending();
-    this.toServer.push(b);
+    this.forward(b, 0, b.length);
+  }
+
+  /**
+   * Carves n bytes of output from the shared arena, after what is pending when that is the
+   * arena's run just before them; returns their offset in sharedArena.buf (read after the call).
+   */
+  private put(n: number): number {
+    const a = sharedArena;
+    const at = a.carve(n);
+    if (this.pendBuf !== a.buf || this.pendEnd !== at) {
+      this.flushPending();
+      this.pendBuf = a.buf;
+      this.pendStart = at;
+    }
+    this.pendEnd = at + n;
+    return at;
   }
 
   private flushPending(): void {

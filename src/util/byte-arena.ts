@@ -1,0 +1,62 @@
+// ByteArena: append-only scratch memory for small pieces of bytes on the hot path.
+//
+// Model. Bytes are carved from the end of one big buffer and never written again once carved,
+// so a carved range may be handed to a socket write (which libuv may hold on to) or kept in a
+// queue without a copy of its own and without a new Buffer object: callers keep (buffer,
+// start, end) ranges of `buf`. When the buffer is full a new one is started; the old one lives
+// on (garbage collected) for as long as any range of it is still referenced. One instance is
+// shared by everything in the process (JavaScript runs one piece of code at a time), so its
+// size does not grow with the number of clients.
+//
+// Consecutive carves are contiguous in `buf` unless a new buffer was started between them:
+// a caller that builds one message stream from several carves merges ranges whose end is the
+// next one's start (StatementRewriter's output), and so writes them as one range.
+
+import { Buffer } from "node:buffer";
+
+/** Size of each buffer of the shared arena. */
+const ARENA_BYTES = 64 * 1024;
+
+/** Up to this many bytes, copyBytes copies with a loop (no view object, no call into C++). */
+const LOOP_COPY_MAX = 64;
+
+export class ByteArena {
+  /** The buffer carves come from; replaced by a new one when full. */
+  buf: Buffer;
+  /** Offset of the next carve in `buf`. */
+  pos = 0;
+
+  constructor(private readonly size = ARENA_BYTES) {
+    // allocUnsafeSlow: a buffer of its own (not a slice of Node's shared pool)
+    this.buf = Buffer.allocUnsafeSlow(size);
+  }
+
+  /**
+   * Carves `n` bytes (n ≤ the arena size) and returns their offset in `this.buf`, which the
+   * caller reads right after the call (a carve may start a new buffer). The caller writes them
+   * at once and never again.
+   */
+  carve(n: number): number {
+    let at = this.pos;
+    if (at + n > this.buf.length) {
+      if (n > this.size) throw new RangeError(`ByteArena.carve(${n}) above its size`);
+      this.buf = Buffer.allocUnsafeSlow(this.size);
+      at = 0;
+    }
+    this.pos = at + n;
+    return at;
+  }
+}
+
+/** The process's arena (see the header). */
+export const sharedArena = new ByteArena();
+
+/** Copies src[start, end) to dst at `at`: a byte loop for small pieces, Buffer#copy above. */
+export function copyBytes(src: Buffer, start: number, end: number, dst: Buffer, at: number): void {
+  const n = end - start;
+  if (n <= LOOP_COPY_MAX) {
+    for (let i = 0; i < n; i++) dst[at + i] = src[start + i]!;
+    return;
+  }
+  src.copy(dst, at, start, end);
+}
