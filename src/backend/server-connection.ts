@@ -109,8 +109,13 @@ export interface ServerAttachment {
  * and may answer the client itself (takeClient) or have more client bytes sent (takeServer).
  */
 export interface ReplyFilter {
-  /** `body` is the message's body for ErrorResponse and CommandComplete, empty for the rest. */
+  /**
+   * `body` is the message's body for ErrorResponse, and for a CommandComplete whose body
+   * length `commandBody` accepts; empty for the rest.
+   */
   serverMessage(type: number, body: Buffer): number;
+  /** Wants the body of a CommandComplete of this body length (the tags it looks for). */
+  commandBody(length: number): boolean;
   /** takeClient() or takeServer() has something (checked before calling them). */
   readonly hasOutput: boolean;
   takeClient(): Buffer[];
@@ -446,8 +451,8 @@ export class ServerConnection {
         const body =
           held ||
           type === Msg.ErrorResponse ||
-          type === Msg.CommandComplete ||
-          type === Msg.ParameterStatus
+          type === Msg.ParameterStatus ||
+          (type === Msg.CommandComplete && filter.commandBody(f.bodyLength))
             ? f.body
             : EMPTY;
         if (type === Msg.ErrorResponse && this.proxyError(body, start, fwd)) return;

@@ -53,7 +53,7 @@ import {
   ProtocolError,
   parseComplete,
 } from "../protocol/index.js";
-import { copyBytes, sharedArena } from "../util/index.js";
+import { arenaView, copyBytes, sharedArena } from "../util/index.js";
 import {
   mayDeallocate,
   type PreparedEntry,
@@ -196,6 +196,8 @@ class Fifo {
 
 const PIECE_BYTES = -1;
 
+const EMPTY = Buffer.alloc(0);
+
 /**
  * Client bytes up to this size are copied (to the shared arena) rather than referenced: a
  * transaction's few messages then go out, and wait in the queue, as one range without a Buffer
@@ -248,8 +250,12 @@ export class StatementRewriter {
   private toClient: Buffer[] = [];
   private spareClient: Buffer[] = [];
   private pendBuf: Buffer | null = null;
+  /** pendBuf's ArrayBuffer when pendBuf is an arena buffer (its views are made cheaply). */
+  private pendAb: ArrayBuffer | null = null;
   private pendStart = 0;
   private pendEnd = 0;
+  /** takeServer()'s answer when the output is one range (no array push per transaction). */
+  private readonly single: Buffer[] = [EMPTY];
 
   constructor(registry: StatementRegistry) {
     this.registry = registry;
@@ -408,6 +414,12 @@ export class StatementRewriter {
 
   /** Bytes for the server, in order. The array is valid until the next takeServer(). */
   takeServer(): Buffer[] {
+    if (this.toServer.length === 0 && this.pendBuf !== null) {
+      // The common case: what was planned is one range.
+      this.single[0] = this.pendingView();
+      this.pendBuf = null;
+      return this.single;
+    }
     this.flushPending();
     const out = this.toServer;
     this.toServer = this.spareServer;
@@ -881,6 +893,7 @@ export class StatementRewriter {
     }
     this.flushPending();
     this.pendBuf = buf;
+    this.pendAb = null;
     this.pendStart = start;
     this.pendEnd = end;
   }
@@ -900,6 +913,7 @@ export class StatementRewriter {
     if (this.pendBuf !== a.buf || this.pendEnd !== at) {
       this.flushPending();
       this.pendBuf = a.buf;
+      this.pendAb = a.ab;
       this.pendStart = at;
     }
     this.pendEnd = at + n;
@@ -907,14 +921,19 @@ export class StatementRewriter {
   }
 
   private flushPending(): void {
-    const b = this.pendBuf;
-    if (b === null) return;
-    this.toServer.push(
-      this.pendStart === 0 && this.pendEnd === b.length
-        ? b
-        : b.subarray(this.pendStart, this.pendEnd),
-    );
+    if (this.pendBuf === null) return;
+    this.toServer.push(this.pendingView());
     this.pendBuf = null;
+  }
+
+  /** The pending range as a Buffer. */
+  private pendingView(): Buffer {
+    const b = this.pendBuf!;
+    const ab = this.pendAb;
+    if (ab !== null) return arenaView(b, ab, this.pendStart, this.pendEnd);
+    return this.pendStart === 0 && this.pendEnd === b.length
+      ? b
+      : b.subarray(this.pendStart, this.pendEnd);
   }
 
   // ---- server side ----------------------------------------------------------------------------
@@ -930,6 +949,11 @@ export class StatementRewriter {
     const action = this.reply(type, body);
     if (this.qi < this.qn && this.server !== null) this.plan();
     return action;
+  }
+
+  /** The CommandComplete tags commandComplete() looks for: DEALLOCATE ALL, DISCARD ALL. */
+  commandBody(length: number): boolean {
+    return length === DEALLOCATE_ALL.length || length === DISCARD_ALL.length;
   }
 
   private reply(type: number, body: Buffer): number {

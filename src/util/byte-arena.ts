@@ -14,6 +14,27 @@
 
 import { Buffer } from "node:buffer";
 
+/**
+ * Node's own Buffer class (FastBuffer, what Buffer's views are), which TypedArray methods reach
+ * through `Buffer[Symbol.species]`. `new ViewOf(arrayBuffer, offset, n)` is how a read's bytes
+ * (util/socket-io.ts) and a range of an arena are made a Buffer: on Node 20, `buf.subarray(0, n)` costs about four times as much (it reads `buf.buffer`, a
+ * runtime call, and checks its arguments in JavaScript). Checked at load: anything but a Buffer
+ * subclass whose instances are Buffers falls back to subarray.
+ */
+export type ViewCtor = new (ab: ArrayBuffer, offset: number, length: number) => Buffer;
+export const ViewOf: ViewCtor | null = (() => {
+  const C = (Buffer as unknown as Record<symbol, unknown>)[Symbol.species];
+  if (typeof C !== "function") return null;
+  try {
+    const probe = new (C as ViewCtor)(new ArrayBuffer(2), 1, 1);
+    return Buffer.isBuffer(probe) && probe.length === 1 && probe.byteOffset === 1
+      ? (C as ViewCtor)
+      : null;
+  } catch {
+    return null;
+  }
+})();
+
 /** Size of each buffer of the shared arena. */
 const ARENA_BYTES = 64 * 1024;
 
@@ -23,12 +44,15 @@ const LOOP_COPY_MAX = 64;
 export class ByteArena {
   /** The buffer carves come from; replaced by a new one when full. */
   buf: Buffer;
+  /** The ArrayBuffer of `buf` (offset 0): views of its ranges are made with ViewOf. */
+  ab: ArrayBuffer;
   /** Offset of the next carve in `buf`. */
   pos = 0;
 
   constructor(private readonly size = ARENA_BYTES) {
     // allocUnsafeSlow: a buffer of its own (not a slice of Node's shared pool)
     this.buf = Buffer.allocUnsafeSlow(size);
+    this.ab = this.buf.buffer as ArrayBuffer;
   }
 
   /**
@@ -41,11 +65,17 @@ export class ByteArena {
     if (at + n > this.buf.length) {
       if (n > this.size) throw new RangeError(`ByteArena.carve(${n}) above its size`);
       this.buf = Buffer.allocUnsafeSlow(this.size);
+      this.ab = this.buf.buffer as ArrayBuffer;
       at = 0;
     }
     this.pos = at + n;
     return at;
   }
+}
+
+/** buf[start, end) as a Buffer of its own (a view, no copy); `ab` is buf's ArrayBuffer, offset 0. */
+export function arenaView(buf: Buffer, ab: ArrayBuffer, start: number, end: number): Buffer {
+  return ViewOf !== null ? new ViewOf(ab, start, end - start) : buf.subarray(start, end);
 }
 
 /** The process's arena (see the header). */

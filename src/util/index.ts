@@ -1,4 +1,4 @@
-export { ByteArena, copyBytes, sharedArena } from "./byte-arena.js";
+export { arenaView, ByteArena, copyBytes, sharedArena } from "./byte-arena.js";
 export type { ErrorContext, Severity } from "./errors.js";
 export { errorMessage, isAuthFailure, PgError, PgwardenError } from "./errors.js";
 export type { Logger, LogLevel } from "./logger.js";

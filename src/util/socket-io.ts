@@ -40,6 +40,7 @@
 import { Buffer } from "node:buffer";
 import type net from "node:net";
 import { getSystemErrorName } from "node:util";
+import { ViewOf } from "./byte-arena.js";
 
 /** The parts of a libuv stream handle (TCPWrap) that SocketIO uses. */
 interface StreamHandle {
@@ -95,27 +96,6 @@ function loadInternals(): Internals | null {
 }
 
 const internals = loadInternals();
-
-/**
- * Node's own Buffer class (FastBuffer, what Buffer's views are), which TypedArray methods reach
- * through `Buffer[Symbol.species]`. `new ViewOf(arrayBuffer, 0, n)` is the view a read hands on:
- * on Node 20, `buf.subarray(0, n)` costs about four times as much (it reads `buf.buffer`, a
- * runtime call, and checks its arguments in JavaScript). Checked at load: anything but a Buffer
- * subclass whose instances are Buffers falls back to subarray.
- */
-type ViewCtor = new (ab: ArrayBuffer, offset: number, length: number) => Buffer;
-const ViewOf: ViewCtor | null = (() => {
-  const C = (Buffer as unknown as Record<symbol, unknown>)[Symbol.species];
-  if (typeof C !== "function") return null;
-  try {
-    const probe = new (C as ViewCtor)(new ArrayBuffer(2), 1, 1);
-    return Buffer.isBuffer(probe) && probe.length === 1 && probe.byteOffset === 1
-      ? (C as ViewCtor)
-      : null;
-  } catch {
-    return null;
-  }
-})();
 
 /** A WriteWrap no write holds: the next direct write uses it. */
 let spareReq: WriteReq | null = null;
