@@ -116,6 +116,11 @@ export interface ReplyFilter {
   serverMessage(type: number, body: Buffer): number;
   /** Wants the body of a CommandComplete of this body length (the tags it looks for). */
   commandBody(length: number): boolean;
+  /**
+   * While true, serverMessage would answer REPLY_FORWARD with no output and no change for
+   * every type but ReadyForQuery and ErrorResponse: the pump need not call it for those.
+   */
+  readonly quiet: boolean;
   /** takeClient() or takeServer() has something (checked before calling them). */
   readonly hasOutput: boolean;
   takeClient(): Buffer[];
@@ -447,6 +452,15 @@ export class ServerConnection {
         const start = f.msgStart >= 0 && f.msgStart < pos ? f.msgStart : -1;
         const held = start < 0 && this.heldPartial;
         this.heldPartial = false;
+        if (
+          !held &&
+          type !== Msg.ReadyForQuery &&
+          type !== Msg.ErrorResponse &&
+          type !== Msg.ParameterStatus &&
+          filter.quiet
+        ) {
+          continue; // forwarded with the bytes around it (a quiet stretch, see ReplyFilter)
+        }
         // A view of the body only where it is read (most replies are only counted).
         const body =
           held ||

@@ -293,7 +293,14 @@ interface PoolServer {
 }
 
 /** How often the interesting paths were taken, so that the generator is known to reach them. */
-const reached = { held: 0, fakeParses: 0, evictions: 0, localErrors: 0 };
+const reached = {
+  held: 0,
+  fakeParses: 0,
+  evictions: 0,
+  localErrors: 0,
+  quietReplies: 0,
+  quietErrors: 0,
+};
 
 class PooledClient {
   readonly rw: StatementRewriter;
@@ -367,6 +374,10 @@ class PooledClient {
   private feed(n: number): void {
     const batch = this.replies.splice(0, n);
     for (const m of batch) {
+      if (this.rw.quiet) {
+        reached.quietReplies++;
+        if (m[0] === 0x45) reached.quietErrors++;
+      }
       if (this.rw.serverMessage(m[0]!, m.subarray(5)) === REPLY_FORWARD) this.seen.push(m);
       this.pump();
     }
@@ -471,8 +482,10 @@ describe("StatementRewriter against a PostgreSQL model", () => {
     },
   );
 
-  it("reaches held-back messages, fake ParseCompletes, evictions and local errors", () => {
+  it("reaches held-back messages, fake ParseCompletes, evictions, local errors and quiet stretches", () => {
     expect(reached.held).toBeGreaterThan(0);
+    expect(reached.quietReplies).toBeGreaterThan(0);
+    expect(reached.quietErrors).toBeGreaterThan(0);
     expect(reached.fakeParses).toBeGreaterThan(0);
     expect(reached.evictions).toBeGreaterThan(0);
     expect(reached.localErrors).toBeGreaterThan(0);

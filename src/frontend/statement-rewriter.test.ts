@@ -813,8 +813,57 @@ describe("out of step", () => {
     const { rw } = setup();
     expect(() => rw.serverMessage(parseComplete[0]!, Buffer.alloc(0))).toThrow(ProtocolError);
     expect(() => rw.serverMessage(Z[0]!, Buffer.from("I"))).toThrow(ProtocolError);
-    send(rw, bind("", ""), sync);
-    expect(() => rw.serverMessage(parseComplete[0]!, Buffer.alloc(0))).toThrow(ProtocolError);
+    send(rw, parse("a", "select 1"), bind("", "a"), sync);
+    expect(rw.quiet).toBe(false);
+    expect(() => rw.serverMessage(bindComplete[0]!, Buffer.alloc(0))).toThrow(ProtocolError);
+  });
+
+  it("matches replies one by one only outside quiet stretches", () => {
+    const { rw } = setup();
+    prepared(rw, "a", "select 1");
+    // Bind of a held statement, Execute, Sync: nothing in their replies changes anything, so
+    // only the ReadyForQuery (or an error) is looked at; the head is brought up to date there.
+    send(rw, bind("", "a"), execute(), sync);
+    expect(rw.quiet).toBe(true);
+    expect(reply(rw, bindComplete, SELECT1).client).toEqual(["2", "C SELECT 1"]);
+    expect(rw.owesReplies).toBe(true);
+    expect(reply(rw, Z).client).toEqual(["Z I"]);
+    expect(rw.quiet).toBe(false);
+    expect(rw.releasable).toBe(true);
+    // A named Parse in the segment: matched one by one.
+    send(rw, parse("b", "select 2"), bind("", "b"), execute(), sync);
+    expect(rw.quiet).toBe(false);
+    expect(reply(rw, parseComplete, bindComplete, SELECT1, Z).client).toEqual([
+      "1",
+      "2",
+      "C SELECT 1",
+      "Z I",
+    ]);
+    // A quiet segment after a loud one becomes a stretch once the loud one is answered.
+    send(rw, parse("c", "select 3"), sync, bind("", "c"), execute(), sync);
+    expect(rw.quiet).toBe(false);
+    reply(rw, parseComplete, Z);
+    expect(rw.quiet).toBe(true);
+    expect(reply(rw, bindComplete, SELECT1, Z).client).toEqual(["2", "C SELECT 1", "Z I"]);
+    expect(rw.releasable).toBe(true);
+  });
+
+  it("in a quiet stretch, an error skips to its Sync, and a stale plan is prepared again", () => {
+    const { rw, registry } = setup();
+    prepared(rw, "a", "select 1");
+    send(rw, bind("", "a"), execute(), sync, bind("", "a"), execute(), sync);
+    expect(rw.quiet).toBe(true);
+    const stale = err("0A000", "cached plan must not change result type");
+    expect(reply(rw, stale, Z).client).toEqual([
+      "E 0A000 cached plan must not change result type",
+      "Z I",
+    ]);
+    expect(reply(rw, bindComplete, SELECT1, Z).client).toEqual(["2", "C SELECT 1", "Z I"]);
+    expect(rw.releasable).toBe(true);
+    // The statement is prepared again (Close, then Parse) before the next Bind.
+    const again = send(rw, bind("", "a"), execute(), sync);
+    expect(again.server).toEqual(["C S pgw_1", "P pgw_1 select 1", "B :pgw_1", "E ", "S"]);
+    expect(registry.stats.serverParses).toBe(2);
   });
 
   it("an asynchronous FATAL or notice with nothing owed is forwarded", () => {

@@ -120,6 +120,34 @@ function isExtendedEnd(type: number): boolean {
   );
 }
 
+/**
+ * FIFO items whose reply changes nothing in the bookkeeping, whatever it is: a Bind, Describe,
+ * portal or unnamed Close, Sync, FunctionCall, unnamed Parse, and an Execute or simple query
+ * that cannot deallocate (not a barrier: its CommandComplete cannot be DEALLOCATE ALL or
+ * DISCARD ALL). Dropping one after an error changes nothing either. (A Bind's stale-plan error
+ * does: see quietError.)
+ */
+function isQuiet(kind: number, ref: unknown): boolean {
+  switch (kind) {
+    case K_BIND:
+    case K_DESCRIBE:
+    case K_CLOSE:
+    case K_SYNC:
+    case K_FUNCTION:
+      return true;
+    case K_EXECUTE:
+    case K_QUERY:
+      return ref !== true;
+    case K_PARSE:
+      return ref === null;
+    default:
+      return false;
+  }
+}
+
+/** How far checkQuiet looks for the end of a quiet stretch (a pipeline without Sync: not quiet). */
+const QUIET_SCAN = 16;
+
 function endsAtZ(kind: number): boolean {
   return kind === K_SYNC || kind === K_QUERY || kind === K_FUNCTION || kind === K_UNTRACKED_SYNC;
 }
@@ -226,6 +254,14 @@ export class StatementRewriter {
   private portalsDeallocating: Set<string> | null = null;
   /** Continuation bytes of the message being streamed are dropped, not sent. */
   private dropStream = false;
+  /**
+   * A quiet stretch: this many FIFO items from the head, the last of them a Sync (or a simple
+   * query or function call alone), are all of kinds whose replies change nothing here (see
+   * isQuiet): an error among them skips nothing beyond the stretch. Their
+   * replies are not matched one by one: only an ErrorResponse and the ReadyForQuery count, and
+   * the head is stale until that ReadyForQuery pops them all. 0: replies are matched one by one.
+   */
+  private quietLeft = 0;
 
   // Queue of client pieces not planned yet: a message (type, range, whole length) or more bytes
   // of the message before it (PIECE_BYTES). Planned at plan(); what is held back stays.
@@ -275,6 +311,15 @@ export class StatementRewriter {
       if (r.planned !== null) out.push([display(r.name), r.planned.name]);
     }
     return out;
+  }
+
+  /**
+   * In a quiet stretch (see quietLeft): until the next ReadyForQuery or ErrorResponse, a server
+   * message of any other type changes nothing and gets REPLY_FORWARD with no output, so the
+   * server pump may pass it on without calling serverMessage.
+   */
+  get quiet(): boolean {
+    return this.quietLeft > 0;
   }
 
   /** Replies are owed to the client, or client messages wait to be sent. */
@@ -341,6 +386,7 @@ export class StatementRewriter {
       this.skipping = false;
       this.inSegment = false;
       this.barriers = 0;
+      this.quietLeft = 0;
       server.poisoned = true;
       server.dispose();
     }
@@ -405,6 +451,29 @@ export class StatementRewriter {
     }
     if (this.qi === n) this.clearQueue();
     else this.retain();
+    if (this.quietLeft === 0) this.checkQuiet();
+  }
+
+  /** Starts a quiet stretch (see quietLeft) when the items at the FIFO's head make one. */
+  private checkQuiet(): void {
+    const f = this.fifo;
+    const n = Math.min(f.length, QUIET_SCAN);
+    const mask = f.kinds.length - 1;
+    for (let j = 0; j < n; j++) {
+      const i = (f.head + j) & mask;
+      const kind = f.kinds[i]!;
+      if (!isQuiet(kind, f.refs[i])) return;
+      if (kind === K_SYNC) {
+        this.quietLeft = j + 1;
+        return;
+      }
+      if (kind === K_QUERY || kind === K_FUNCTION) {
+        // Alone it is a stretch; after extended requests, an error among them skips it too,
+        // up to a Sync further on: not a stretch.
+        if (j === 0) this.quietLeft = 1;
+        return;
+      }
+    }
   }
 
   /** takeServer() or takeClient() has something. */
@@ -946,9 +1015,49 @@ export class StatementRewriter {
    * reply matches no request (the connection is out of step: close both sides).
    */
   serverMessage(type: number, body: Buffer): number {
-    const action = this.reply(type, body);
+    let action = REPLY_FORWARD;
+    if (this.quietLeft > 0) {
+      if (type === C_Z) this.quietReady();
+      else if (type === C_E) this.quietError(body);
+      else return REPLY_FORWARD;
+    } else {
+      action = this.reply(type, body);
+    }
     if (this.qi < this.qn && this.server !== null) this.plan();
+    else if (this.quietLeft === 0) this.checkQuiet();
     return action;
+  }
+
+  /** The ReadyForQuery that ends a quiet stretch: its items are answered. */
+  private quietReady(): void {
+    const fifo = this.fifo;
+    for (let j = this.quietLeft; j > 0; j--) fifo.shift();
+    this.quietLeft = 0;
+    this.emitHeadFakes();
+  }
+
+  /**
+   * An ErrorResponse in a quiet stretch. It answers one of its items, unknown which (their
+   * replies were not matched), and either way what PostgreSQL does next leaves the same state:
+   * the items before the failed one succeeded, the failed one and those after it up to the
+   * item that ends at ReadyForQuery are skipped, and none of them changes anything here either
+   * way; or the error is that last item's own (a simple query's, or a commit's at Sync), and
+   * everything before it was answered. So all items but the last are done with. A stale cached
+   * plan (0A000, see isStalePlanError) marks every statement bound or described in the stretch
+   * for a new Parse, since which one failed is not known: at worst a re-prepare too many.
+   */
+  private quietError(body: Buffer): void {
+    const fifo = this.fifo;
+    const stale = this.quietLeft > 1 && isStalePlanError(body);
+    for (let j = this.quietLeft; j > 1; j--) {
+      const kind = fifo.headKind;
+      const ref = fifo.headRef;
+      if (stale && (kind === K_BIND || kind === K_DESCRIBE) && ref !== null) {
+        (ref as PreparedEntry).generation++;
+      }
+      fifo.shift();
+    }
+    this.quietLeft = 1;
   }
 
   /** The CommandComplete tags commandComplete() looks for: DEALLOCATE ALL, DISCARD ALL. */
