@@ -2,6 +2,7 @@
 // the session and the server pump, against real PostgreSQL and real drivers. Pools are smaller
 // than the client counts, so statements must follow clients across servers.
 import { spawn } from "node:child_process";
+import net from "node:net";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -24,6 +25,8 @@ import { errorFields, queryMessage, RawClient, type RawMessage } from "./harness
 let cluster: PgCluster;
 let pw: Pgwarden;
 let metricsPort: number;
+let chopper: net.Server;
+let chopPort: number;
 
 /** prepared_statements_limit, small: drivers and pgbench run with evictions all the time. */
 const LIMIT = 3;
@@ -55,7 +58,50 @@ function users(extra: Record<string, unknown> = {}) {
       pool_size: 2,
       pooler_mode: "session",
     },
+    {
+      name: "prep",
+      database: "prepchop",
+      password: "pw",
+      server_password: "prep-pw",
+      pool_size: 2,
+      pooler_mode: "transaction",
+    },
   ];
+}
+
+/**
+ * A TCP relay to PostgreSQL that hands the server's bytes on in pieces of 1 to 7 bytes, each
+ * written on its own turn of the event loop: pgwarden's server pump then reads every reply cut
+ * at every kind of place (inside headers, bodies, between messages).
+ */
+async function startChopper(host: string, port: number): Promise<net.Server> {
+  const server = net.createServer((down) => {
+    const up = net.connect(port, host);
+    up.setNoDelay(true);
+    down.setNoDelay(true);
+    let queue = Promise.resolve();
+    let n = 1;
+    up.on("data", (chunk: Buffer) => {
+      queue = queue.then(async () => {
+        for (let off = 0; off < chunk.length; off += n, n = (n % 7) + 1) {
+          if (down.destroyed) return;
+          down.write(chunk.subarray(off, Math.min(off + n, chunk.length)));
+          await new Promise((r) => setImmediate(r));
+        }
+      });
+    });
+    down.on("data", (chunk: Buffer) => up.write(chunk));
+    const end = () => {
+      up.destroy();
+      down.destroy();
+    };
+    up.on("close", () => void queue.then(end));
+    down.on("close", end);
+    up.on("error", end);
+    down.on("error", end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return server;
 }
 
 beforeAll(async () => {
@@ -63,6 +109,8 @@ beforeAll(async () => {
   await cluster.createRole("prep", "prep-pw");
   await cluster.createDatabase("prepdb", "prep");
   metricsPort = await freePort();
+  chopper = await startChopper(cluster.host, cluster.port);
+  chopPort = (chopper.address() as net.AddressInfo).port;
   pw = await startPgwarden({
     general: {
       checkout_timeout: 30000,
@@ -74,6 +122,7 @@ beforeAll(async () => {
       { name: "prepdb", host: cluster.host, port: cluster.port },
       { name: "preplim", host: cluster.host, port: cluster.port, database_name: "prepdb" },
       { name: "prepsess", host: cluster.host, port: cluster.port, database_name: "prepdb" },
+      { name: "prepchop", host: "127.0.0.1", port: chopPort, database_name: "prepdb" },
     ],
     users: users(),
   });
@@ -83,6 +132,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await pw?.stop();
+  chopper?.close();
   await cluster?.stop();
 });
 
@@ -529,6 +579,82 @@ describe("chunking", () => {
   }, 60_000);
 });
 
+describe("server replies cut into pieces", () => {
+  it("quiet stretches and one-by-one matching, errors, fakes and a stale plan, as a direct connection", async () => {
+    await directSql(
+      "drop table if exists chop; create table chop (a int); insert into chop values (1)",
+    );
+    const q = (name: string, arg: string) => cat(bind("", name, [arg]), execute(), sync);
+    const a = await raw("prepchop");
+    const b = await raw("prepchop");
+    const d = await direct();
+    try {
+      const sql = "select $1::int + 1 as v";
+      expect(await roundTrip(b, cat(parse("s", sql, [23]), sync))).toEqual(["1", "Z:I"]);
+      const steps: Buffer[] = [
+        cat(parse("s", sql, [23]), bind("", "s", ["1"]), execute(), sync),
+        q("s", "2"),
+        // Quiet stretches back to back in one write; an error in the middle one.
+        cat(q("s", "3"), bind("", "s", ["x"]), execute(), sync, q("s", "5")),
+        cat(parse("t", "select * from chop"), bind("", "t"), describeMsg("P", ""), execute(), sync),
+        cat(bind("", "t"), describeMsg("P", ""), execute(), sync, q("s", "6")),
+        // 0A000 inside a quiet stretch (see below), then the statement works again.
+        Buffer.from("alter"),
+        // Close (a fake CloseComplete) and Parse again behind a quiet stretch.
+        cat(
+          q("s", "7"),
+          closeMsg("S", "t"),
+          parse("t", "select 't again'"),
+          bind("", "t"),
+          execute(),
+          sync,
+        ),
+        cat(bind("", "nope"), execute(), sync, q("s", "8")),
+      ];
+      const zs = (m: Buffer) => {
+        let n = 0;
+        for (let off = 0; off < m.length; off += 1 + m.readInt32BE(off + 1)) {
+          if (m[off] === 0x53) n++;
+        }
+        return n;
+      };
+      for (const step of steps) {
+        if (step.toString() === "alter") {
+          await directSql("alter table chop add column b int default 7");
+          // A server that held "t" fails it once with 0A000 (which server a client gets
+          // varies, so this is not compared with the direct connection); one failure marks
+          // the statement for a new Parse on every server: it never fails again.
+          const runs: string[][] = [];
+          for (let i = 0; i < 4; i++) {
+            const [got] = await Promise.all([
+              roundTrip(a, cat(bind("", "t"), execute(), sync)),
+              roundTrip(b, q("s", "40"), 1),
+            ]);
+            runs.push(got);
+          }
+          const ok = ["2", "D:1,7", "C:SELECT 1", "Z:I"];
+          expect(runs.filter((r) => r[0] === "E:0A000").length).toBeLessThanOrEqual(1);
+          for (const r of runs) expect([ok, ["E:0A000", "Z:I"]]).toContainEqual(r);
+          expect(runs.at(-1)).toEqual(ok);
+          continue;
+        }
+        const want = await roundTrip(d, step, zs(step));
+        // Two clients over two servers: the statements move between servers as they go.
+        const [got, other] = await Promise.all([
+          roundTrip(a, step, zs(step)),
+          roundTrip(b, q("s", "40"), 1),
+        ]);
+        expect(got).toEqual(want);
+        expect(other).toEqual(["2", "D:41", "C:SELECT 1", "Z:I"]);
+      }
+    } finally {
+      a.close();
+      b.close();
+      d.close();
+    }
+  }, 120_000);
+});
+
 describe("failures", () => {
   it("a client that leaves with replies owed: its server is not reused, others carry on", async () => {
     const c = await raw();
@@ -618,6 +744,7 @@ describe("other modes", () => {
         { name: "prepdb", host: cluster.host, port: cluster.port },
         { name: "preplim", host: cluster.host, port: cluster.port, database_name: "prepdb" },
         { name: "prepsess", host: cluster.host, port: cluster.port, database_name: "prepdb" },
+        { name: "prepchop", host: "127.0.0.1", port: chopPort, database_name: "prepdb" },
       ],
       users: users(),
     };

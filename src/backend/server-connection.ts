@@ -145,6 +145,17 @@ const PROXY_MODES = frameModes([
 const FILTER_MODES = frameModes([...REPLY_FILTER_TYPES].map((c) => [c, FRAME_COLLECT]));
 
 /**
+ * PROXY with a ReplyFilter in a quiet stretch (ReplyFilter.quiet): only the types the filter
+ * and the pump still look at are collected, the rest pass without an event. Every type it
+ * collects FILTER_MODES collects too, so a message framed under either is held back the same.
+ */
+const QUIET_MODES = frameModes([
+  ["Z", FRAME_COLLECT],
+  ["S", FRAME_COLLECT],
+  ["E", FRAME_COLLECT],
+]);
+
+/**
  * SQLSTATEs of a server that goes away without running what it was sent: admin_shutdown,
  * crash_shutdown, cannot_connect_now, idle_session_timeout.
  */
@@ -444,6 +455,9 @@ export class ServerConnection {
     let fwd = 0;
     let flowing = true;
     f.msgStart = -1;
+    // The client may have started a quiet stretch since the last chunk. (Not while a message
+    // cut by the last chunk is held back: it finishes under the modes it began with.)
+    if (!this.heldPartial) f.modes = filter.quiet ? QUIET_MODES : FILTER_MODES;
     try {
       while (pos < chunk.length) {
         pos = f.feed(chunk, pos);
@@ -471,6 +485,8 @@ export class ServerConnection {
             : EMPTY;
         if (type === Msg.ErrorResponse && this.proxyError(body, start, fwd)) return;
         const verdict = filter.serverMessage(type, body);
+        // At a message boundary: a stretch may have begun or ended with this message.
+        f.modes = filter.quiet ? QUIET_MODES : FILTER_MODES;
         if (verdict === REPLY_CUT && (start >= 0 || held)) {
           if (start > fwd) flowing = this.toSink(sink, chunk.subarray(fwd, start)) && flowing;
           fwd = pos;
@@ -518,7 +534,7 @@ export class ServerConnection {
       }
       let end = chunk.length;
       const pt = f.partialType;
-      if (pt >= 0 && FILTER_MODES[pt] === FRAME_COLLECT) {
+      if (pt >= 0 && f.modes[pt] === FRAME_COLLECT) {
         if (f.msgStart >= fwd && f.msgStart < chunk.length) {
           end = f.msgStart;
           this.heldPartial = true;
