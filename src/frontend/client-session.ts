@@ -1069,7 +1069,9 @@ export class ClientSession implements LeaseHolder {
     rw.plan();
     const out = rw.takeServer();
     if (out.length > 0 && !lease.writeMany(out)) this.waitServerDrain(lease);
-    for (const b of rw.takeClient()) this.send(b);
+    if (!rw.hasOutput) return;
+    const answers = rw.takeClient();
+    for (let i = 0; i < answers.length; i++) this.send(answers[i]!);
   }
 
   /** Terminate with the rewriter on: what came before it still goes out; then the end. */
