@@ -634,6 +634,26 @@ describe("DEALLOCATE ALL and DISCARD ALL", () => {
     expect(r.server).toEqual(["P pgw_3 select 1", "S"]);
     expect(reply(rw, parseComplete, Z).client).toEqual(["1", "Z I"]);
   });
+
+  it("a Bind that waited for a server, rewritten in place, keeps its portal's name", () => {
+    const { rw, registry } = setup();
+    prepared(rw, "dealloc", "deallocate all");
+    prepared(rw, "a", "select 1");
+    rw.detach();
+    // Waiting for a lease: the bytes are kept (retain), and the read buffer is reused.
+    const chunk = handOver(rw, [bind("portal", "dealloc"), execute("portal"), bind("", "a"), sync]);
+    rw.retain();
+    chunk.fill(0);
+    moveTo(rw, registry.newServer());
+    rw.plan();
+    // The Bind of "a" waits behind the Execute of "portal", which runs DEALLOCATE ALL.
+    expect(frontendTokens(Buffer.concat(rw.takeServer()))).toEqual([
+      "P pgw_1 deallocate all",
+      "B portal:pgw_1",
+      "E portal",
+    ]);
+    expect(rw.holding).toBe(true);
+  });
 });
 
 describe("pipelines across Sync", () => {

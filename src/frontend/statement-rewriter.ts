@@ -38,7 +38,10 @@
 // over COPY_MAX go out as ranges of the client's own buffers instead), and the Bind's statement
 // is found by the bytes of its name (a small cache: no string, no map lookup). The client's
 // bytes are ranges of its socket's reused read buffer: what is planned at once is sent at
-// once; what must wait is copied (retain(), small spans to the arena too).
+// once; what must wait is copied (retain(), small spans to the arena too, with HEADROOM free
+// bytes before them). A Bind in such a copy (the transaction waited for a server, the common
+// case under load) is rewritten in place and goes out with what follows it as one range,
+// copied no further.
 //
 // Wiring (the session and the server pump): every client message goes through the rewriter
 // once it is on, in order; the server pump reports REPLY_TYPES whole (never half forwarded, so
@@ -233,6 +236,12 @@ const EMPTY = Buffer.alloc(0);
  */
 const COPY_MAX = 1024;
 
+/**
+ * Free bytes retain() leaves before a span it copies to the arena: a Bind at its head is then
+ * rewritten in place even when the server-side name is up to this much longer than the client's.
+ */
+const HEADROOM = 16;
+
 export class StatementRewriter {
   readonly registry: StatementRegistry;
   private server: ServerStatements | null = null;
@@ -274,6 +283,16 @@ export class StatementRewriter {
   private qn = 0;
   private qi = 0;
   private qCopied = 0;
+  /** The message being planned is a copy of the rewriter's own (retain()): it may be rewritten in place. */
+  private planOwned = false;
+  /**
+   * The last span retain() copied to the arena, with HEADROOM free bytes before its first
+   * message (at roomAt in roomBuf, whose ArrayBuffer is roomAb): a Bind there is rewritten in
+   * place even when the server-side name is the longer one.
+   */
+  private roomBuf: Buffer | null = null;
+  private roomAb: ArrayBuffer | null = null;
+  private roomAt = -1;
 
   // Names recently found by their bytes, in slots by a hash of the bytes: a client binds the
   // same few statements again and again, and a Bind found here costs no string and no map
@@ -445,6 +464,7 @@ export class StatementRewriter {
         this.qi++;
         continue;
       }
+      this.planOwned = i < this.qCopied;
       if (!this.planMessage(type, buf, start, end, this.qLen[i]!)) break;
       this.qi++;
       this.emitHeadFakes();
@@ -536,6 +556,8 @@ export class StatementRewriter {
     this.qn = 0;
     this.qi = 0;
     this.qCopied = 0;
+    this.roomBuf = null;
+    this.roomAb = null;
   }
 
   /**
@@ -557,9 +579,12 @@ export class StatementRewriter {
       let copy: Buffer;
       let at: number;
       if (e - s <= COPY_MAX) {
-        at = sharedArena.carve(e - s);
+        at = sharedArena.carve(HEADROOM + e - s) + HEADROOM;
         copy = sharedArena.buf;
         copyBytes(buf, s, e, copy, at);
+        this.roomBuf = copy;
+        this.roomAb = sharedArena.ab;
+        this.roomAt = at;
       } else {
         copy = Buffer.from(buf.subarray(s, e));
         at = 0;
@@ -746,27 +771,44 @@ export class StatementRewriter {
       return true;
     }
     if (!this.ensure(entry)) return false;
-    // New Bind: header, portal name, server-side name, written to the output (the arena);
-    // then the client's bytes from the parameters on (copied when small, else a range).
+    // New Bind: header, portal name, server-side name; then the client's bytes from the
+    // parameters on. In a copy of the rewriter's own (the transaction waited for a server),
+    // the new header is written in place, ending where the parameters begin, over the old
+    // one and the headroom before it: the message and what follows it go out as they lie.
+    // Otherwise the header goes to the output run in the arena and the rest is copied after
+    // it (or passed by reference when big).
     const portalStart = start + 5;
     const portalLen = portalEnd - portalStart;
+    // (before the rewrite below, which may move the portal's name)
+    this.portalRuns(buf, portalStart, portalEnd, entry.mayDeallocate);
     const rest = stmtEnd + 1;
     const nameZ = entry.nameZ;
     const headLen = 5 + portalLen + 1 + nameZ.length;
-    const at = this.put(headLen);
-    const out = sharedArena.buf;
     const msgLen = headLen - 1 + (start + len - rest);
+    let out: Buffer;
+    let at: number;
+    const room = buf === this.roomBuf && start === this.roomAt ? HEADROOM : 0;
+    const inPlace = this.planOwned && headLen <= rest - start + room;
+    if (inPlace) {
+      out = buf;
+      at = rest - headLen;
+      // (copyWithin: the old and new places of the portal name may overlap)
+      if (portalLen > 0 && at + 5 !== portalStart) buf.copyWithin(at + 5, portalStart, portalEnd);
+    } else {
+      at = this.put(headLen);
+      out = sharedArena.buf;
+    }
     out[at] = Msg.Bind;
     out[at + 1] = msgLen >>> 24;
     out[at + 2] = (msgLen >>> 16) & 0xff;
     out[at + 3] = (msgLen >>> 8) & 0xff;
     out[at + 4] = msgLen & 0xff;
-    copyBytes(buf, portalStart, portalEnd, out, at + 5);
+    if (!inPlace) copyBytes(buf, portalStart, portalEnd, out, at + 5);
     out[at + 5 + portalLen] = 0;
     copyBytes(nameZ, 0, nameZ.length, out, at + 6 + portalLen);
-    this.forward(buf, rest, end);
+    if (inPlace) this.forwardRef(buf, at, end, buf === this.roomBuf ? this.roomAb : null);
+    else this.forward(buf, rest, end);
     this.fifo.push(K_BIND, entry);
-    this.portalRuns(buf, portalStart, portalEnd, entry.mayDeallocate);
     return true;
   }
 
@@ -963,6 +1005,23 @@ export class StatementRewriter {
     this.flushPending();
     this.pendBuf = buf;
     this.pendAb = null;
+    this.pendStart = start;
+    this.pendEnd = end;
+  }
+
+  /**
+   * Bytes for the server by reference, never copied (buf[start, end) must stay as it is until
+   * written): after what is pending when contiguous with it. `ab`: buf's ArrayBuffer when buf
+   * is an arena buffer (its views are made cheaply), else null.
+   */
+  private forwardRef(buf: Buffer, start: number, end: number, ab: ArrayBuffer | null): void {
+    if (this.pendBuf === buf && this.pendEnd === start) {
+      this.pendEnd = end;
+      return;
+    }
+    this.flushPending();
+    this.pendBuf = buf;
+    this.pendAb = ab;
     this.pendStart = start;
     this.pendEnd = end;
   }

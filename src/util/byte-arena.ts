@@ -1,9 +1,9 @@
 // ByteArena: append-only scratch memory for small pieces of bytes on the hot path.
 //
-// Model. Bytes are carved from the end of one big buffer and never written again once carved,
-// so a carved range may be handed to a socket write (which libuv may hold on to) or kept in a
-// queue without a copy of its own and without a new Buffer object: callers keep (buffer,
-// start, end) ranges of `buf`. When the buffer is full a new one is started; the old one lives
+// Model. Bytes are carved from the end of one big buffer; a carve is its carver's alone, which
+// may write it until it hands a range of it on, and never after (so a carved range may be
+// handed to a socket write, which libuv may hold on to, or kept in a queue without a copy of
+// its own and without a new Buffer object: callers keep (buffer, start, end) ranges of `buf`). When the buffer is full a new one is started; the old one lives
 // on (garbage collected) for as long as any range of it is still referenced. One instance is
 // shared by everything in the process (JavaScript runs one piece of code at a time), so its
 // size does not grow with the number of clients.
@@ -38,8 +38,12 @@ export const ViewOf: ViewCtor | null = (() => {
 /** Size of each buffer of the shared arena. */
 const ARENA_BYTES = 64 * 1024;
 
-/** Up to this many bytes, copyBytes copies with a loop (no view object, no call into C++). */
-const LOOP_COPY_MAX = 64;
+/**
+ * Up to this many bytes, copyBytes copies with a loop: Buffer#copy of a part of a buffer makes a
+ * view of it first (about 200 ns on Node 20, whatever the size), a loop of four bytes a turn
+ * about 1.2 ns a byte.
+ */
+const LOOP_COPY_MAX = 160;
 
 export class ByteArena {
   /** The buffer carves come from; replaced by a new one when full. */
@@ -83,10 +87,17 @@ export const sharedArena = new ByteArena();
 
 /** Copies src[start, end) to dst at `at`: a byte loop for small pieces, Buffer#copy above. */
 export function copyBytes(src: Buffer, start: number, end: number, dst: Buffer, at: number): void {
-  const n = end - start;
-  if (n <= LOOP_COPY_MAX) {
-    for (let i = 0; i < n; i++) dst[at + i] = src[start + i]!;
+  if (end - start > LOOP_COPY_MAX) {
+    src.copy(dst, at, start, end);
     return;
   }
-  src.copy(dst, at, start, end);
+  let i = start;
+  let j = at;
+  for (; i + 4 <= end; i += 4, j += 4) {
+    dst[j] = src[i]!;
+    dst[j + 1] = src[i + 1]!;
+    dst[j + 2] = src[i + 2]!;
+    dst[j + 3] = src[i + 3]!;
+  }
+  for (; i < end; i++, j++) dst[j] = src[i]!;
 }
