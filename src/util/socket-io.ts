@@ -1,5 +1,6 @@
 // SocketIO: the proxy's reads and writes on one socket, without Node's stream machinery where
-// the socket allows it. Every internal Node API the hot path touches is in this file.
+// the socket allows it. Every internal Node API the hot path touches is in this file, but for
+// the constructor of Node's own Buffer class (ViewOf, util/byte-arena.ts, shared with the arena).
 //
 // Model. A net.Socket is a Duplex stream over a libuv handle (a TCP wrap). Node's own path for
 // each read allocates the buffer, wraps it, pushes it through Readable (state, events) and emits
