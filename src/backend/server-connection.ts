@@ -118,7 +118,8 @@ export interface ReplyFilter {
   commandBody(length: number): boolean;
   /**
    * While true, serverMessage would answer REPLY_FORWARD with no output and no change for
-   * every type but ReadyForQuery and ErrorResponse: the pump need not call it for those.
+   * every type but ReadyForQuery and ErrorResponse: the pump frames with QUIET_MODES, which
+   * reports no others (ParameterStatus aside).
    */
   readonly quiet: boolean;
   /** takeClient() or takeServer() has something (checked before calling them). */
@@ -466,15 +467,6 @@ export class ServerConnection {
         const start = f.msgStart >= 0 && f.msgStart < pos ? f.msgStart : -1;
         const held = start < 0 && this.heldPartial;
         this.heldPartial = false;
-        if (
-          !held &&
-          type !== Msg.ReadyForQuery &&
-          type !== Msg.ErrorResponse &&
-          type !== Msg.ParameterStatus &&
-          filter.quiet
-        ) {
-          continue; // forwarded with the bytes around it (a quiet stretch, see ReplyFilter)
-        }
         // A view of the body only where it is read (most replies are only counted).
         const body =
           held ||

@@ -993,26 +993,18 @@ export class StatementRewriter {
    */
   private forward(buf: Buffer, start: number, end: number): void {
     if (start === end) return;
-    if (this.pendBuf === buf && this.pendEnd === start) {
-      this.pendEnd = end;
-      return;
-    }
-    if (end - start <= COPY_MAX) {
+    if (end - start <= COPY_MAX && (this.pendBuf !== buf || this.pendEnd !== start)) {
       const at = this.put(end - start); // (first: it may start a new arena buffer)
       copyBytes(buf, start, end, sharedArena.buf, at);
       return;
     }
-    this.flushPending();
-    this.pendBuf = buf;
-    this.pendAb = null;
-    this.pendStart = start;
-    this.pendEnd = end;
+    this.forwardRef(buf, start, end, null);
   }
 
   /**
-   * Bytes for the server by reference, never copied (buf[start, end) must stay as it is until
-   * written): after what is pending when contiguous with it. `ab`: buf's ArrayBuffer when buf
-   * is an arena buffer (its views are made cheaply), else null.
+   * Bytes for the server by reference, not copied (buf[start, end) must hold them, as they
+   * are, when takeServer() is called): after what is pending when contiguous with it. `ab`:
+   * buf's ArrayBuffer when buf is an arena buffer (its views are made cheaply), else null.
    */
   private forwardRef(buf: Buffer, start: number, end: number, ab: ArrayBuffer | null): void {
     if (this.pendBuf === buf && this.pendEnd === start) {
@@ -1038,13 +1030,7 @@ export class StatementRewriter {
   private put(n: number): number {
     const a = sharedArena;
     const at = a.carve(n);
-    if (this.pendBuf !== a.buf || this.pendEnd !== at) {
-      this.flushPending();
-      this.pendBuf = a.buf;
-      this.pendAb = a.ab;
-      this.pendStart = at;
-    }
-    this.pendEnd = at + n;
+    this.forwardRef(a.buf, at, at + n, a.ab);
     return at;
   }
 
