@@ -1067,8 +1067,13 @@ export class ClientSession implements LeaseHolder {
     const lease = this.lease;
     if (lease === null || !rw.attached) return;
     rw.plan();
-    const out = rw.takeServer();
-    if (out.length > 0 && !lease.writeMany(out)) this.waitServerDrain(lease);
+    const one = rw.takeOne();
+    if (one !== null) {
+      if (!lease.write(one)) this.waitServerDrain(lease);
+    } else {
+      const out = rw.takeServer();
+      if (out.length > 0 && !lease.writeMany(out)) this.waitServerDrain(lease);
+    }
     if (!rw.hasOutput) return;
     const answers = rw.takeClient();
     for (let i = 0; i < answers.length; i++) this.send(answers[i]!);

@@ -181,51 +181,73 @@ interface ParseOp {
   slot: ServerSlot | null;
 }
 
-/** Index-based ring of (kind, ref); no allocation per item once grown. */
+/**
+ * Index-based ring of (kind, ref); no allocation per item once grown. Item i is
+ * items[2i] (its kind) and items[2i + 1] (its ref): one array, so a transaction's few items
+ * share a cache line or two.
+ */
 class Fifo {
-  kinds = new Uint8Array(16);
-  refs: unknown[] = new Array(16).fill(null);
+  items: unknown[] = new Array(32).fill(0);
+  /** Slots (items.length / 2 − 1: a power of two, less one). */
+  mask = 15;
   head = 0;
   length = 0;
 
   push(kind: number, ref: unknown): void {
-    if (this.length === this.kinds.length) this.grow();
-    const i = (this.head + this.length) & (this.kinds.length - 1);
-    this.kinds[i] = kind;
-    this.refs[i] = ref;
+    if (this.length > this.mask) this.grow();
+    const i = (this.head + this.length) & this.mask;
+    this.items[2 * i] = kind;
+    this.items[2 * i + 1] = ref;
     this.length++;
   }
 
   get headKind(): number {
-    return this.length === 0 ? 0 : this.kinds[this.head]!;
+    return this.length === 0 ? 0 : (this.items[2 * this.head] as number);
   }
 
   get headRef(): unknown {
-    return this.refs[this.head];
+    return this.items[2 * this.head + 1];
+  }
+
+  kindAt(j: number): number {
+    return this.items[2 * ((this.head + j) & this.mask)] as number;
+  }
+
+  refAt(j: number): unknown {
+    return this.items[2 * ((this.head + j) & this.mask) + 1];
   }
 
   shift(): void {
-    this.refs[this.head] = null;
-    this.head = (this.head + 1) & (this.kinds.length - 1);
+    this.items[2 * this.head + 1] = null;
+    this.head = (this.head + 1) & this.mask;
     this.length--;
   }
 
   private grow(): void {
-    const n = this.kinds.length;
-    const kinds = new Uint8Array(n * 2);
-    const refs: unknown[] = new Array(n * 2).fill(null);
+    const n = this.mask + 1;
+    const items: unknown[] = new Array(4 * n).fill(0);
     for (let j = 0; j < this.length; j++) {
-      const i = (this.head + j) & (n - 1);
-      kinds[j] = this.kinds[i]!;
-      refs[j] = this.refs[i];
+      const i = (this.head + j) & this.mask;
+      items[2 * j] = this.items[2 * i];
+      items[2 * j + 1] = this.items[2 * i + 1];
     }
-    this.kinds = kinds;
-    this.refs = refs;
+    this.items = items;
+    this.mask = 2 * n - 1;
     this.head = 0;
   }
 }
 
 const PIECE_BYTES = -1;
+
+// The fields of a queued piece (StatementRewriter.q).
+const Q_TYPE = 0;
+const Q_START = 1;
+const Q_END = 2;
+/** The whole message's length (for a message's first bytes), or PIECE_BYTES. */
+const Q_LEN = 3;
+/** Index in srcs of the buffer the piece is in. */
+const Q_SRC = 4;
+const Q_STRIDE = 5;
 
 const EMPTY = Buffer.alloc(0);
 
@@ -274,24 +296,30 @@ export class StatementRewriter {
 
   // Queue of client pieces not planned yet: a message (type, range, whole length) or more bytes
   // of the message before it (PIECE_BYTES). Planned at plan(); what is held back stays.
-  // (Parallel arrays with a count: no push or pop per message.)
-  private qType = new Int32Array(16);
-  private qStart = new Int32Array(16);
-  private qEnd = new Int32Array(16);
-  private qLen = new Int32Array(16);
-  private qBuf: Array<Buffer | null> = new Array(16).fill(null);
+  // Piece j is q[j * Q_STRIDE + Q_TYPE .. Q_SRC] (one array with a count: no push or pop per
+  // message, and one transaction's pieces share a cache line or two, where parallel arrays
+  // would each be one more line to fetch: a session's state is cold when its next transaction
+  // comes). A piece's bytes are in srcs[source]: the buffers are listed once each (a read, a
+  // copy), not once per message, as a store of a new object into a long-lived array costs a
+  // write barrier (arena buffers and the session's copies are new objects, young to the GC).
+  private q = new Int32Array(16 * Q_STRIDE);
+  private srcs: Array<Buffer | null> = new Array(8).fill(null);
+  private nsrc = 0;
+  /** The source queue() adds to while it is handed the same buffer again (-1: none). */
+  private srcOpen = -1;
   private qn = 0;
   private qi = 0;
   private qCopied = 0;
   /** The message being planned is a copy of the rewriter's own (retain()): it may be rewritten in place. */
   private planOwned = false;
+  /** The source of the message being planned. */
+  private planSrc = -1;
   /**
    * The last span retain() copied to the arena, with HEADROOM free bytes before its first
-   * message (at roomAt in roomBuf, whose ArrayBuffer is roomAb): a Bind there is rewritten in
-   * place even when the server-side name is the longer one.
+   * message (at roomAt in source roomSrc): a Bind there is rewritten in place even when the
+   * server-side name is the longer one.
    */
-  private roomBuf: Buffer | null = null;
-  private roomAb: ArrayBuffer | null = null;
+  private roomSrc = -1;
   private roomAt = -1;
 
   // Names recently found by their bytes, in slots by a hash of the bytes: a client binds the
@@ -305,8 +333,8 @@ export class StatementRewriter {
   private toClient: Buffer[] = [];
   private spareClient: Buffer[] = [];
   private pendBuf: Buffer | null = null;
-  /** pendBuf's ArrayBuffer when pendBuf is an arena buffer (its views are made cheaply). */
-  private pendAb: ArrayBuffer | null = null;
+  /** pendBuf is an arena buffer (its views are made cheaply, from its ArrayBuffer). */
+  private pendArena = false;
   private pendStart = 0;
   private pendEnd = 0;
   /** takeServer()'s answer when the output is one range (no array push per transaction). */
@@ -359,7 +387,8 @@ export class StatementRewriter {
   /** Bytes of client messages not planned yet (held back, or no server leased). */
   get queuedBytes(): number {
     let n = 0;
-    for (let j = this.qi; j < this.qn; j++) n += this.qEnd[j]! - this.qStart[j]!;
+    for (let j = this.qi; j < this.qn; j++)
+      n += this.q[j * Q_STRIDE + Q_END]! - this.q[j * Q_STRIDE + Q_START]!;
     return n;
   }
 
@@ -455,17 +484,20 @@ export class StatementRewriter {
     const n = this.qn;
     while (this.qi < n) {
       const i = this.qi;
-      const type = this.qType[i]!;
-      const buf = this.qBuf[i]!;
-      const start = this.qStart[i]!;
-      const end = this.qEnd[i]!;
+      const at = i * Q_STRIDE;
+      const type = this.q[at + Q_TYPE]!;
+      const src = this.q[at + Q_SRC]!;
+      const buf = this.srcs[src]!;
+      const start = this.q[at + Q_START]!;
+      const end = this.q[at + Q_END]!;
       if (type === PIECE_BYTES) {
         if (!this.dropStream) this.forward(buf, start, end);
         this.qi++;
         continue;
       }
       this.planOwned = i < this.qCopied;
-      if (!this.planMessage(type, buf, start, end, this.qLen[i]!)) break;
+      this.planSrc = src;
+      if (!this.planMessage(type, buf, start, end, this.q[at + Q_LEN]!)) break;
       this.qi++;
       this.emitHeadFakes();
     }
@@ -478,11 +510,9 @@ export class StatementRewriter {
   private checkQuiet(): void {
     const f = this.fifo;
     const n = Math.min(f.length, QUIET_SCAN);
-    const mask = f.kinds.length - 1;
     for (let j = 0; j < n; j++) {
-      const i = (f.head + j) & mask;
-      const kind = f.kinds[i]!;
-      if (!isQuiet(kind, f.refs[i])) return;
+      const kind = f.kindAt(j);
+      if (!isQuiet(kind, f.refAt(j))) return;
       if (kind === K_SYNC) {
         this.quietLeft = j + 1;
         return;
@@ -499,6 +529,18 @@ export class StatementRewriter {
   /** takeServer() or takeClient() has something. */
   get hasOutput(): boolean {
     return this.toClient.length > 0 || this.toServer.length > 0 || this.pendBuf !== null;
+  }
+
+  /**
+   * The bytes for the server when they are one range (the common case: one transaction), else
+   * null (nothing, or several pieces: takeServer()). Returned, not stored: the view is a new
+   * object, and a store of it into a long-lived array costs a write barrier.
+   */
+  takeOne(): Buffer | null {
+    if (this.toServer.length !== 0 || this.pendBuf === null) return null;
+    const view = this.pendingView();
+    this.pendBuf = null;
+    return view;
   }
 
   /** Bytes for the server, in order. The array is valid until the next takeServer(). */
@@ -528,36 +570,45 @@ export class StatementRewriter {
 
   private queue(type: number, buf: Buffer, start: number, end: number, length: number): void {
     const j = this.qn;
-    if (j === this.qType.length) this.growQueue();
-    this.qType[j] = type;
-    this.qBuf[j] = buf;
-    this.qStart[j] = start;
-    this.qEnd[j] = end;
-    this.qLen[j] = length;
+    if (j * Q_STRIDE === this.q.length) this.growQueue();
+    let src = this.srcOpen;
+    if (src < 0 || this.srcs[src] !== buf) {
+      src = this.addSource(buf);
+      this.srcOpen = src;
+    }
+    const q = this.q;
+    const at = j * Q_STRIDE;
+    q[at + Q_TYPE] = type;
+    q[at + Q_START] = start;
+    q[at + Q_END] = end;
+    q[at + Q_LEN] = length;
+    q[at + Q_SRC] = src;
     this.qn = j + 1;
   }
 
   private growQueue(): void {
-    const n = this.qType.length * 2;
-    const grow = (a: Int32Array<ArrayBuffer>): Int32Array<ArrayBuffer> => {
-      const b = new Int32Array(n);
-      b.set(a);
-      return b;
-    };
-    this.qType = grow(this.qType);
-    this.qStart = grow(this.qStart);
-    this.qEnd = grow(this.qEnd);
-    this.qLen = grow(this.qLen);
-    for (let j = this.qBuf.length; j < n; j++) this.qBuf.push(null);
+    const b = new Int32Array(this.q.length * 2);
+    b.set(this.q);
+    this.q = b;
+  }
+
+  /** Lists `buf` as a new source; returns its index. */
+  private addSource(buf: Buffer): number {
+    const i = this.nsrc;
+    if (i === this.srcs.length) this.srcs.push(buf);
+    else this.srcs[i] = buf;
+    this.nsrc = i + 1;
+    return i;
   }
 
   private clearQueue(): void {
-    for (let j = 0; j < this.qn; j++) this.qBuf[j] = null;
+    for (let j = 0; j < this.nsrc; j++) this.srcs[j] = null;
+    this.nsrc = 0;
+    this.srcOpen = -1;
     this.qn = 0;
     this.qi = 0;
     this.qCopied = 0;
-    this.roomBuf = null;
-    this.roomAb = null;
+    this.roomSrc = -1;
   }
 
   /**
@@ -569,30 +620,46 @@ export class StatementRewriter {
   retain(): void {
     const n = this.qn;
     let j = Math.max(this.qi, this.qCopied);
+    // (what is handed over from now on is new: a read is never a source of copied pieces)
+    this.srcOpen = -1;
     while (j < n) {
-      const buf = this.qBuf[j]!;
+      const q = this.q;
+      const from = q[j * Q_STRIDE + Q_SRC]!;
+      const buf = this.srcs[from]!;
       let k = j + 1;
-      while (k < n && this.qBuf[k] === buf && this.qStart[k]! >= this.qEnd[k - 1]!) k++;
-      const s = this.qStart[j]!;
-      const e = this.qEnd[k - 1]!;
+      while (
+        k < n &&
+        q[k * Q_STRIDE + Q_SRC] === from &&
+        q[k * Q_STRIDE + Q_START]! >= q[(k - 1) * Q_STRIDE + Q_END]!
+      )
+        k++;
+      const s = q[j * Q_STRIDE + Q_START]!;
+      const e = q[(k - 1) * Q_STRIDE + Q_END]!;
       // Small spans (a transaction's few messages) go to the shared arena: no new Buffer.
       let copy: Buffer;
       let at: number;
+      let room = false;
       if (e - s <= COPY_MAX) {
         at = sharedArena.carve(HEADROOM + e - s) + HEADROOM;
         copy = sharedArena.buf;
         copyBytes(buf, s, e, copy, at);
-        this.roomBuf = copy;
-        this.roomAb = sharedArena.ab;
-        this.roomAt = at;
+        room = true;
       } else {
         copy = Buffer.from(buf.subarray(s, e));
         at = 0;
       }
+      // (an arena buffer already listed, e.g. by an earlier retain, is listed again: a search
+      // would cost more than the few slots)
+      const to = this.addSource(copy);
+      if (room) {
+        this.roomSrc = to;
+        this.roomAt = at;
+      }
       for (let m = j; m < k; m++) {
-        this.qBuf[m] = copy;
-        this.qStart[m] = this.qStart[m]! - s + at;
-        this.qEnd[m] = this.qEnd[m]! - s + at;
+        const qm = m * Q_STRIDE;
+        q[qm + Q_SRC] = to;
+        q[qm + Q_START] = q[qm + Q_START]! - s + at;
+        q[qm + Q_END] = q[qm + Q_END]! - s + at;
       }
       j = k;
     }
@@ -787,7 +854,7 @@ export class StatementRewriter {
     const msgLen = headLen - 1 + (start + len - rest);
     let out: Buffer;
     let at: number;
-    const room = buf === this.roomBuf && start === this.roomAt ? HEADROOM : 0;
+    const room = this.planSrc === this.roomSrc && start === this.roomAt ? HEADROOM : 0;
     const inPlace = this.planOwned && headLen <= rest - start + room;
     if (inPlace) {
       out = buf;
@@ -806,7 +873,7 @@ export class StatementRewriter {
     if (!inPlace) copyBytes(buf, portalStart, portalEnd, out, at + 5);
     out[at + 5 + portalLen] = 0;
     copyBytes(nameZ, 0, nameZ.length, out, at + 6 + portalLen);
-    if (inPlace) this.forwardRef(buf, at, end, buf === this.roomBuf ? this.roomAb : null);
+    if (inPlace) this.forwardRef(buf, at, end, buf === sharedArena.buf);
     else this.forward(buf, rest, end);
     this.fifo.push(K_BIND, entry);
     return true;
@@ -921,11 +988,11 @@ export class StatementRewriter {
   private entriesAhead(): ReadonlySet<PreparedEntry> | null {
     let out: Set<PreparedEntry> | null = null;
     for (let j = this.qi + 1; j < this.qn; j++) {
-      const type = this.qType[j]!;
+      const type = this.q[j * Q_STRIDE + Q_TYPE]!;
       if (type !== Msg.Bind && type !== Msg.Describe && type !== Msg.Parse) continue;
-      const buf = this.qBuf[j]!;
-      const body = this.qStart[j]! + 5;
-      const end = this.qEnd[j]!;
+      const buf = this.srcs[this.q[j * Q_STRIDE + Q_SRC]!]!;
+      const body = this.q[j * Q_STRIDE + Q_START]! + 5;
+      const end = this.q[j * Q_STRIDE + Q_END]!;
       let e: PreparedEntry | null | undefined = null;
       try {
         if (type === Msg.Parse) {
@@ -998,22 +1065,22 @@ export class StatementRewriter {
       copyBytes(buf, start, end, sharedArena.buf, at);
       return;
     }
-    this.forwardRef(buf, start, end, null);
+    this.forwardRef(buf, start, end, false);
   }
 
   /**
    * Bytes for the server by reference, not copied (buf[start, end) must hold them, as they
-   * are, when takeServer() is called): after what is pending when contiguous with it. `ab`:
-   * buf's ArrayBuffer when buf is an arena buffer (its views are made cheaply), else null.
+   * are, when takeServer() is called): after what is pending when contiguous with it. `arena`:
+   * buf is an arena buffer (its views are made cheaply).
    */
-  private forwardRef(buf: Buffer, start: number, end: number, ab: ArrayBuffer | null): void {
+  private forwardRef(buf: Buffer, start: number, end: number, arena: boolean): void {
     if (this.pendBuf === buf && this.pendEnd === start) {
       this.pendEnd = end;
       return;
     }
     this.flushPending();
     this.pendBuf = buf;
-    this.pendAb = ab;
+    this.pendArena = arena;
     this.pendStart = start;
     this.pendEnd = end;
   }
@@ -1030,7 +1097,7 @@ export class StatementRewriter {
   private put(n: number): number {
     const a = sharedArena;
     const at = a.carve(n);
-    this.forwardRef(a.buf, at, at + n, a.ab);
+    this.forwardRef(a.buf, at, at + n, true);
     return at;
   }
 
@@ -1043,8 +1110,7 @@ export class StatementRewriter {
   /** The pending range as a Buffer. */
   private pendingView(): Buffer {
     const b = this.pendBuf!;
-    const ab = this.pendAb;
-    if (ab !== null) return arenaView(b, ab, this.pendStart, this.pendEnd);
+    if (this.pendArena) return arenaView(b, b.buffer as ArrayBuffer, this.pendStart, this.pendEnd);
     return this.pendStart === 0 && this.pendEnd === b.length
       ? b
       : b.subarray(this.pendStart, this.pendEnd);
