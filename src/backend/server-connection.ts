@@ -295,6 +295,11 @@ export class ServerConnection {
     return this.io!.write(data);
   }
 
+  /** Writes buf[start, end), which need not outlive the call (copied: SocketIO.writeCopy). */
+  writeRange(buf: Buffer, start: number, end: number): boolean {
+    return this.io!.writeCopy(buf, start, end);
+  }
+
   /**
    * Several buffers in one write: copied into one when small (a copy of a few hundred bytes
    * costs less than a write per buffer), else written one after the other.

@@ -1067,9 +1067,10 @@ export class ClientSession implements LeaseHolder {
     const lease = this.lease;
     if (lease === null || !rw.attached) return;
     rw.plan();
-    const one = rw.takeOne();
-    if (one !== null) {
-      if (!lease.write(one)) this.waitServerDrain(lease);
+    if (rw.oneRange) {
+      const ok = lease.writeRange(rw.rangeBuf, rw.rangeStart, rw.rangeEnd);
+      rw.dropRange();
+      if (!ok) this.waitServerDrain(lease);
     } else {
       const out = rw.takeServer();
       if (out.length > 0 && !lease.writeMany(out)) this.waitServerDrain(lease);

@@ -379,9 +379,16 @@ class PooledClient {
   }
 
   private pump(): void {
-    // As the session does half the time: the one range first, else (or then) the array.
-    const one = this.r() < 0.5 ? this.rw.takeOne() : null;
-    const out = one !== null ? [one, ...this.rw.takeServer()] : this.rw.takeServer();
+    // As the session does, half the time: the one range (copied, as SocketIO.writeCopy does),
+    // else the array.
+    let out: Buffer[];
+    if (this.r() < 0.5 && this.rw.oneRange) {
+      out = [Buffer.from(this.rw.rangeBuf.subarray(this.rw.rangeStart, this.rw.rangeEnd))];
+      this.rw.dropRange();
+      if (this.rw.hasOutput) out.push(...this.rw.takeServer());
+    } else {
+      out = this.rw.takeServer();
+    }
     if (out.length > 0) this.replies.push(...this.server!.pg.receive(Buffer.concat(out)));
     this.seen.push(...this.rw.takeClient());
   }

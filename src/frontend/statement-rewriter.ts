@@ -532,15 +532,31 @@ export class StatementRewriter {
   }
 
   /**
-   * The bytes for the server when they are one range (the common case: one transaction), else
-   * null (nothing, or several pieces: takeServer()). Returned, not stored: the view is a new
-   * object, and a store of it into a long-lived array costs a write barrier.
+   * True when what is planned for the server is one range (the common case: one
+   * transaction): rangeBuf[rangeStart, rangeEnd), to be written (before anything else is
+   * handed over), then dropRange(). Otherwise (nothing, or several pieces): takeServer(). The
+   * range is written without a Buffer of its own (a new view costs more than a copy of a
+   * transaction's bytes: SocketIO.writeCopy).
    */
-  takeOne(): Buffer | null {
-    if (this.toServer.length !== 0 || this.pendBuf === null) return null;
-    const view = this.pendingView();
+  get oneRange(): boolean {
+    return this.toServer.length === 0 && this.pendBuf !== null;
+  }
+
+  get rangeBuf(): Buffer {
+    return this.pendBuf!;
+  }
+
+  get rangeStart(): number {
+    return this.pendStart;
+  }
+
+  get rangeEnd(): number {
+    return this.pendEnd;
+  }
+
+  /** The range (oneRange) was written. */
+  dropRange(): void {
     this.pendBuf = null;
-    return view;
   }
 
   /** Bytes for the server, in order. The array is valid until the next takeServer(). */

@@ -197,6 +197,15 @@ export class Lease implements ServerOwner {
     this.server.setFilter(filter);
   }
 
+  /**
+   * Writes buf[start, end) (a range the caller may reuse once this returns); no replay record
+   * (only used with a filter, which stops replay).
+   */
+  writeRange(buf: Buffer, start: number, end: number): boolean {
+    if (this.replaying) this.stopReplay();
+    return this.server.writeRange(buf, start, end);
+  }
+
   /** Writes several buffers in one go (corked); no replay record (only used with a filter). */
   writeMany(data: Buffer[]): boolean {
     return this.server.writeMany(data);

@@ -183,6 +183,39 @@ describe("SocketIO", () => {
     expect(seen[0]!.view.toString()).toBe("cccc");
   });
 
+  it("writeCopy: the range is copied (the caller may reuse it at once), held writes keep their bytes", async () => {
+    const { client, accepted } = await pair();
+    const io = takeOver(accepted, () => {});
+    expect(io.direct).toBe(true);
+    const got = collect(client);
+    const src = Buffer.from("xxhello worldxx");
+    expect(io.writeCopy(src, 2, 13)).toBe(true);
+    src.fill(0x2d); // reused by the caller right after
+    await until(() => got.bytes().length === 11);
+    expect(got.bytes().toString()).toBe("hello world");
+
+    // The kernel stops taking bytes: writes are held by libuv, and later ranges of the same
+    // length must not overwrite the scratch buffer a held write points into.
+    client.pause();
+    const sent: Buffer[] = [];
+    let heldAt = -1;
+    const range = Buffer.alloc(1000);
+    // (on until 50 more writes have queued behind the first one libuv held)
+    for (let i = 0; i < 100_000 && (heldAt < 0 || i < heldAt + 50); i++) {
+      range.fill(i & 0xff);
+      range.writeUInt32BE(i, 0);
+      sent.push(Buffer.from(range));
+      if (!io.writeCopy(range, 0, range.length) && heldAt < 0) heldAt = i;
+    }
+    expect(heldAt).toBeGreaterThanOrEqual(0);
+    const before = got.bytes().length;
+    client.resume();
+    const total = 11 + sent.length * 1000;
+    await until(() => got.bytes().length >= total, 30_000);
+    expect(before).toBeLessThan(total);
+    expect(got.bytes().subarray(11).equals(Buffer.concat(sent))).toBe(true);
+  });
+
   it("a proxy of views: what a write could not finish at once is not overwritten by later reads", async () => {
     const from = await pair();
     const to = await pair();
