@@ -27,6 +27,9 @@
 //           any earlier queued write) and calls `req.oncomplete` when done: that write returns
 //           false and onceDrain() callbacks run when every queued write completed, like
 //           Writable's 'drain'. The buffer is referenced from the req until then.
+//           writeCopy(buf, start, end) writes a range without a view of it: the bytes are
+//           copied into the socket's own scratch buffer, and a view of that, reused by length
+//           as the reads' are, is written (a scratch buffer a write holds is left to it).
 // A socket qualifies when it is a plain TCP socket whose handle has the expected shape (TLS
 // sockets and anything else use the stream path: the same API over socket.on('data'),
 // socket.write, socket.pause/resume and 'drain'). Mixing stays ordered: a direct write happens
