@@ -108,7 +108,7 @@ const internals = loadInternals();
  * transaction's messages, one reply), and a reused view is an old object, where a new one per
  * read is a young one that every store into a long-lived object (a queue, a framer) must
  * record for the garbage collector (V8's write barrier: about 0.2 µs a store in this proxy on
- * Node 24). Memory: the slots (about 80 bytes a socket), and a view (about 80 bytes) per slot
+ * Node 24). Memory: the slots (about 100 bytes a socket), and a view (about 80 bytes) per slot
  * once a read of its length came.
  */
 const VIEW_SLOTS = 8;
