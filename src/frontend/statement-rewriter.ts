@@ -310,7 +310,7 @@ export class StatementRewriter {
   private qn = 0;
   private qi = 0;
   private qCopied = 0;
-  /** The message being planned is a copy of the rewriter's own (retain()): it may be rewritten in place. */
+  /** The message being planned is in a copy of the rewriter's own (retain()): rewritable. */
   private planOwned = false;
   /** The source of the message being planned. */
   private planSrc = -1;
@@ -1126,7 +1126,7 @@ export class StatementRewriter {
   /** The pending range as a Buffer. */
   private pendingView(): Buffer {
     const b = this.pendBuf!;
-    if (this.pendArena) return arenaView(b, b.buffer as ArrayBuffer, this.pendStart, this.pendEnd);
+    if (this.pendArena) return arenaView(b, this.pendStart, this.pendEnd);
     return this.pendStart === 0 && this.pendEnd === b.length
       ? b
       : b.subarray(this.pendStart, this.pendEnd);

@@ -6,7 +6,8 @@
 // bytes the client writes on it (in a scratch buffer of the server connection, reused from lease
 // to lease: the client's chunks are views of its socket's read buffer, valid only while they are
 // handled; bytes that waited for the lease are the session's own copy already, and are kept by
-// reference when they come first: writeOwned) until the first byte of server output comes back (ServerOwner.serverAnswered). If the server dies before that
+// reference when they come first: writeOwned) until the first byte of server output comes back
+// (ServerOwner.serverAnswered). If the server dies before that
 // (socket closed or reset, or a shutdown FATAL the connection did not forward), nothing the
 // client could see happened, and the holder gets those chunks in serverLost to run them on
 // another server. PostgreSQL flushes a reply (or a commit's CommandComplete) before a FATAL, so

@@ -3,7 +3,8 @@
 // Model. Bytes are carved from the end of one big buffer; a carve is its carver's alone, which
 // may write it until it hands a range of it on, and never after (so a carved range may be
 // handed to a socket write, which libuv may hold on to, or kept in a queue without a copy of
-// its own and without a new Buffer object: callers keep (buffer, start, end) ranges of `buf`). When the buffer is full a new one is started; the old one lives
+// its own and without a new Buffer object: callers keep (buffer, start, end) ranges of `buf`).
+// When the buffer is full a new one is started; the old one lives
 // on (garbage collected) for as long as any range of it is still referenced. One instance is
 // shared by everything in the process (JavaScript runs one piece of code at a time), so its
 // size does not grow with the number of clients.
@@ -17,7 +18,8 @@ import { Buffer } from "node:buffer";
 /**
  * Node's own Buffer class (FastBuffer, what Buffer's views are), which TypedArray methods reach
  * through `Buffer[Symbol.species]`. `new ViewOf(arrayBuffer, offset, n)` is how a read's bytes
- * (util/socket-io.ts) and a range of an arena are made a Buffer: on Node 20, `buf.subarray(0, n)` costs about four times as much (it reads `buf.buffer`, a
+ * (util/socket-io.ts) and a range of an arena are made a Buffer: on Node 20,
+ * `buf.subarray(0, n)` costs about four times as much (it reads `buf.buffer`, a
  * runtime call, and checks its arguments in JavaScript). Checked at load: anything but a Buffer
  * subclass whose instances are Buffers falls back to subarray.
  */
@@ -48,15 +50,12 @@ const LOOP_COPY_MAX = 160;
 export class ByteArena {
   /** The buffer carves come from; replaced by a new one when full. */
   buf: Buffer;
-  /** The ArrayBuffer of `buf` (offset 0): views of its ranges are made with ViewOf. */
-  ab: ArrayBuffer;
   /** Offset of the next carve in `buf`. */
   pos = 0;
 
   constructor(private readonly size = ARENA_BYTES) {
     // allocUnsafeSlow: a buffer of its own (not a slice of Node's shared pool)
     this.buf = Buffer.allocUnsafeSlow(size);
-    this.ab = this.buf.buffer as ArrayBuffer;
   }
 
   /**
@@ -69,7 +68,6 @@ export class ByteArena {
     if (at + n > this.buf.length) {
       if (n > this.size) throw new RangeError(`ByteArena.carve(${n}) above its size`);
       this.buf = Buffer.allocUnsafeSlow(this.size);
-      this.ab = this.buf.buffer as ArrayBuffer;
       at = 0;
     }
     this.pos = at + n;
@@ -77,9 +75,30 @@ export class ByteArena {
   }
 }
 
-/** buf[start, end) as a Buffer of its own (a view, no copy); `ab` is buf's ArrayBuffer, offset 0. */
-export function arenaView(buf: Buffer, ab: ArrayBuffer, start: number, end: number): Buffer {
-  return ViewOf !== null ? new ViewOf(ab, start, end - start) : buf.subarray(start, end);
+/**
+ * buf[start, end) as a Buffer of its own (a view, no copy), for a buffer at offset 0 of its
+ * ArrayBuffer (an arena buffer, a socket's read buffer).
+ */
+export function arenaView(buf: Buffer, start: number, end: number): Buffer {
+  return ViewOf !== null
+    ? new ViewOf(buf.buffer as ArrayBuffer, start, end - start)
+    : buf.subarray(start, end);
+}
+
+/**
+ * buf[0, n) as a view kept in `views` (slots by length, a power of two of them) and made only
+ * when its slot holds none of that length: reads and writes of a few recurring lengths then
+ * make no new object (util/socket-io.ts). `buf` is at offset 0 of its ArrayBuffer; the caller
+ * empties `views` when it moves to another buffer.
+ */
+export function viewOfLength(views: Array<Buffer | null>, buf: Buffer, n: number): Buffer {
+  const slot = n & (views.length - 1);
+  let view = views[slot]!;
+  if (view === null || view.length !== n) {
+    view = arenaView(buf, 0, n);
+    views[slot] = view;
+  }
+  return view;
 }
 
 /** The process's arena (see the header). */

@@ -13,8 +13,8 @@
 //           is replaced by ours, which hands the bytes read, a view of that buffer, straight to
 //           the consumer: no allocation of a buffer per read, no Readable. The view is valid
 //           until the callback returns (and the same object may come again, over other bytes,
-//           at a later read of the same length); a consumer that keeps it (or a part of it) takes its
-//           own copy with keep() (a small copy costs less than a new read buffer, and
+//           at a later read of the same length); a consumer that keeps it (or a part of it)
+//           takes its own copy with keep() (a small copy costs less than a new read buffer, and
 //           a new buffer per read would be external memory that drives V8 into full GCs). A
 //           write that libuv could not finish at once holds the bytes, and cannot be given a
 //           copy after the fact: the reading socket then moves to a new buffer from its next
@@ -45,7 +45,7 @@
 import { Buffer } from "node:buffer";
 import type net from "node:net";
 import { getSystemErrorName } from "node:util";
-import { copyBytes, ViewOf } from "./byte-arena.js";
+import { copyBytes, ViewOf, viewOfLength } from "./byte-arena.js";
 
 /** The parts of a libuv stream handle (TCPWrap) that SocketIO uses. */
 interface StreamHandle {
@@ -208,7 +208,6 @@ export class SocketIO {
     const nodeOnread = handle.onread;
     // allocUnsafeSlow: a buffer of its own (offset 0 in its ArrayBuffer), not a pool slice
     let buf = Buffer.allocUnsafeSlow(readBufferSize);
-    let ab = buf.buffer as ArrayBuffer;
     // Views of the read buffer by length (see VIEW_SLOTS): reset when the buffer changes.
     const views: Array<Buffer | null> = new Array<Buffer | null>(VIEW_SLOTS).fill(null);
     handle.useUserBuffer(buf);
@@ -217,19 +216,12 @@ export class SocketIO {
       if (n > 0) {
         if (socket.destroyed) return undefined;
         chunkRetained = false;
-        const slot = n & (VIEW_SLOTS - 1);
-        let view = views[slot]!;
-        if (view === null || view.length !== n) {
-          view = ViewOf !== null ? new ViewOf(ab, 0, n) : buf.subarray(0, n);
-          views[slot] = view;
-        }
-        onChunk(view);
+        onChunk(viewOfLength(views, buf, n));
         if (!chunkRetained) return undefined;
         chunkRetained = false;
         // The handle reads into the buffer returned here from the next read on; the views of
         // the old one go with it (the write that holds it may hold one of them).
         buf = Buffer.allocUnsafeSlow(readBufferSize);
-        ab = buf.buffer as ArrayBuffer;
         views.fill(null);
         return buf;
       }
@@ -272,14 +264,8 @@ export class SocketIO {
       this.scratchViews = views;
     }
     copyBytes(src, start, end, buf, 0);
-    const slot = n & (VIEW_SLOTS - 1);
-    let view = views[slot]!;
-    if (view === null || view.length !== n) {
-      view = ViewOf !== null ? new ViewOf(buf.buffer as ArrayBuffer, 0, n) : buf.subarray(0, n);
-      views[slot] = view;
-    }
     writeHeld = false;
-    const ok = this.write(view);
+    const ok = this.write(viewOfLength(views, buf, n));
     if (writeHeld) {
       // The write holds the scratch buffer: the next one gets a new buffer.
       this.scratch = null;
