@@ -82,6 +82,29 @@ describe("ServerStatements", () => {
     expect(s.holds(a)).toBe(true);
   });
 
+  it("finds each slot by its entry, the most recently used one included, and none once forgotten", () => {
+    const r = new StatementRegistry(10);
+    const s = r.newServer();
+    const [a, b] = ["select 1", "select 2"].map((q) => held(r, q)) as [
+      PreparedEntry,
+      PreparedEntry,
+    ];
+    expect(s.slot(a)).toBeUndefined(); // empty: no tail
+    const sa = s.slotFor(a);
+    const sb = s.slotFor(b);
+    expect(s.slot(b)).toBe(sb); // the tail
+    expect(s.slot(a)).toBe(sa); // through the map
+    s.touch(sa);
+    expect(s.slot(a)).toBe(sa);
+    expect(s.slot(b)).toBe(sb);
+    // The tail is forgotten (never held, nothing in flight): it is not found any more.
+    s.settle(sa);
+    expect(s.slot(a)).toBeUndefined();
+    expect(s.slot(b)).toBe(sb);
+    s.dispose();
+    expect(s.slot(b)).toBeUndefined();
+  });
+
   it("falls back to what the server really holds once nothing is in flight, and forgets the rest", () => {
     const r = new StatementRegistry(10);
     const s = r.newServer();

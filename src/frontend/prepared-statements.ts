@@ -253,6 +253,10 @@ export class ServerStatements {
   }
 
   slot(e: PreparedEntry): ServerSlot | undefined {
+    // The most recently used slot first (the LRU list's tail, always in the map): a server
+    // leased to clients that run the same statement finds it without a map lookup.
+    const t = this.tail;
+    if (t !== null && t.entry === e) return t;
     return this.slots.get(e);
   }
 
