@@ -17,7 +17,7 @@
 // difference from PostgreSQL is built in: for a Parse of a name in use PostgreSQL reports a
 // syntax error of the query first; pgwarden answers 42P05 without looking at the query.
 
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 import {
   bind,
   bindComplete,
@@ -463,6 +463,10 @@ describe("StatementRewriter against a PostgreSQL model", () => {
   const FIRST = Number(process.env.PGW_MODEL_FIRST_SEED ?? 1);
   const ROUNDS = 40;
   const PER_TEST = 50;
+  // Each test runs for a second without yielding; vitest's worker answers its runner's calls
+  // only between macrotasks, and a long run (minutes) timed one out ("Timeout calling
+  // onTaskUpdate", an unhandled error though every test passed). Yield between tests.
+  afterEach(() => new Promise<void>((resolve) => setImmediate(resolve)));
   const groups = Array.from({ length: Math.ceil(SEEDS / PER_TEST) }, (_, i) => {
     const from = FIRST + i * PER_TEST;
     return [from, Math.min(FIRST + SEEDS - 1, from + PER_TEST - 1)] as const;
