@@ -216,6 +216,37 @@ describe("SocketIO", () => {
     expect(got.bytes().subarray(11).equals(Buffer.concat(sent))).toBe(true);
   });
 
+  it("writeCopy held during a read: the reading socket keeps its buffer (only the scratch is held)", async () => {
+    const from = await pair();
+    const to = await pair();
+    to.client.pause(); // the receiver reads nothing: writes are soon held by libuv
+    const out = takeOver(to.accepted, () => {});
+    const got = collect(to.client);
+    const sent: Buffer[] = [];
+    const buffers: ArrayBufferLike[] = [];
+    let held = false;
+    takeOver(from.accepted, (c) => {
+      buffers.push(c.buffer);
+      const range = Buffer.alloc(1000);
+      for (let i = 0; i < 100_000 && !held; i++) {
+        range.fill(i & 0xff);
+        sent.push(Buffer.from(range));
+        held = !out.writeCopy(range, 0, range.length);
+      }
+    });
+    for (const s of ["first", "second"]) {
+      const before = buffers.length;
+      from.client.write(s);
+      await until(() => buffers.length > before);
+    }
+    expect(held).toBe(true);
+    expect(buffers[1]).toBe(buffers[0]);
+    to.client.resume();
+    const total = sent.length * 1000;
+    await until(() => got.bytes().length >= total, 30_000);
+    expect(got.bytes().equals(Buffer.concat(sent))).toBe(true);
+  });
+
   it("a proxy of views: what a write could not finish at once is not overwritten by later reads", async () => {
     const from = await pair();
     const to = await pair();

@@ -119,15 +119,13 @@ const VIEW_SLOTS = 8;
  */
 const WRITE_SCRATCH = 2048;
 
-/** Set by write() when the bytes it was given are held beyond the call (see writeCopy). */
-let writeHeld = false;
-
 /** A WriteWrap no write holds: the next direct write uses it. */
 let spareReq: WriteReq | null = null;
 
 /**
- * Set while a read callback runs when the chunk it was given is kept beyond it (a write that
- * libuv holds); the reading socket then moves to a new buffer.
+ * Set by write() when it holds what it was given beyond the call (a write libuv or Writable
+ * holds). While a read callback runs, that means its chunk may be kept: the reading socket
+ * then moves to a new buffer. writeCopy() reads it for its scratch buffer.
  */
 let chunkRetained = false;
 
@@ -264,13 +262,18 @@ export class SocketIO {
       this.scratchViews = views;
     }
     copyBytes(src, start, end, buf, 0);
-    writeHeld = false;
+    // write() says through chunkRetained whether it holds what it was given. What it holds
+    // here is the scratch buffer, not a read's: the socket being read from (if any) keeps its
+    // buffer, so the flag is put back as it was.
+    const retained = chunkRetained;
+    chunkRetained = false;
     const ok = this.write(viewOfLength(views, buf, n));
-    if (writeHeld) {
+    if (chunkRetained) {
       // The write holds the scratch buffer: the next one gets a new buffer.
       this.scratch = null;
       this.scratchViews = null;
     }
+    chunkRetained = retained;
     return ok;
   }
 
@@ -281,10 +284,7 @@ export class SocketIO {
     if (h === null || s.writableLength > 0 || s.destroyed || !s.writable) {
       const ok = s.write(data);
       // Writable keeps a reference to what it could not write at once.
-      if (s.writableLength > 0) {
-        chunkRetained = true;
-        writeHeld = true;
-      }
+      if (s.writableLength > 0) chunkRetained = true;
       return ok;
     }
     let req = spareReq;
@@ -311,7 +311,6 @@ export class SocketIO {
     req.io = this;
     this.queued++;
     chunkRetained = true;
-    writeHeld = true;
     return false;
   }
 
