@@ -623,9 +623,11 @@ describe("server replies cut into pieces", () => {
           await directSql("alter table chop add column b int default 7");
           // A server that held "t" fails it once with 0A000 (which server a client gets
           // varies, so this is not compared with the direct connection); one failure marks
-          // the statement for a new Parse on every server: it never fails again.
+          // the statement for a new Parse on every server: it never fails again. Which run
+          // reaches the stale server varies (it may be the fourth): after a failure, one run
+          // more shows that the next attempt works.
           const runs: string[][] = [];
-          for (let i = 0; i < 4; i++) {
+          for (let i = 0; i < 4 || (i < 8 && runs.at(-1)![0] === "E:0A000"); i++) {
             const [got] = await Promise.all([
               roundTrip(a, cat(bind("", "t"), execute(), sync)),
               roundTrip(b, q("s", "40"), 1),
