@@ -15,7 +15,8 @@
 // Standard rows: for each workload, client count and protocol, one pgbench -T run per target,
 // the targets in turn (interleaved, so that drift in the machine's speed hits them alike; with
 // BENCH_ROUNDS > 1 the whole matrix is run again, in reverse target order every other round, and
-// the tables show medians of TPS and of each CPU column, failed and aborted summed over rounds).
+// the tables show medians of TPS and of each CPU column, failed and aborted summed over rounds;
+// below the table, each target's TPS over PgBouncer 1.25's in the same round, round by round).
 // For each run:
 //   TPS        pgbench's "tps = … (without initial connection time)"
 //   µs/txn     CPU time of the proxy (user + sys, also shown apart) per transaction: utime+stime
@@ -762,6 +763,44 @@ function summarize(runs, targets, reference) {
   return rows;
 }
 
+/**
+ * With several rounds: each target's TPS over the reference's in the same round, how often it
+ * was ahead, and the geometric mean of those ratios. TPS moves a lot from round to round on a
+ * shared machine, so the spread says more than one median beside another.
+ */
+function roundRatios(runs, targets, reference) {
+  const lines = [];
+  const groups = new Map();
+  for (const r of runs) {
+    if (!Number.isFinite(r.tps) || r.tps <= 0) continue;
+    const key = [r.workload, r.protocol, r.clients].join("\t");
+    const byRound = groups.get(key) ?? new Map();
+    const at = byRound.get(r.round) ?? new Map();
+    at.set(r.target, r.tps);
+    byRound.set(r.round, at);
+    groups.set(key, byRound);
+  }
+  for (const [key, byRound] of groups) {
+    const [workload, protocol, clients] = key.split("\t");
+    for (const t of targets) {
+      if (t.name === reference || t.key === "direct") continue;
+      const ratios = [];
+      for (const at of byRound.values()) {
+        const a = at.get(t.name);
+        const b = at.get(reference);
+        if (a !== undefined && b !== undefined) ratios.push(a / b);
+      }
+      if (ratios.length < 2) continue;
+      const ahead = ratios.filter((x) => x >= 1).length;
+      const gmean = Math.exp(ratios.reduce((s, x) => s + Math.log(x), 0) / ratios.length);
+      lines.push(
+        `  ${workload} -M ${protocol} -c ${clients} ${t.name}: ${ratios.map((x) => fmt(x, 2)).join(" ")}; ahead in ${ahead} of ${ratios.length}; geometric mean ${fmt(gmean, 3)}`,
+      );
+    }
+  }
+  return lines;
+}
+
 function standardTable(rows, reference) {
   const ref = reference ?? "pgbouncer";
   return table(
@@ -1018,6 +1057,9 @@ async function main() {
         "",
         standardTable(standard, reference),
       );
+      const rr = cfg.rounds > 1 && reference ? roundRatios(runs, targets, reference) : [];
+      if (rr.length)
+        out.push("", `TPS over ${reference}'s in the same round, round by round:`, ...rr);
       const p = problems(
         standard,
         (r) => `${r.workload} -M ${r.protocol} -c ${r.clients} ${r.target}`,
