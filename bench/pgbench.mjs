@@ -62,6 +62,7 @@
 //                          both PgBouncers)         default all but pgwarden-2w, -b, node-floor*
 //   BENCH_B_MAIN, BENCH_B_ENV  pgwarden-b runs this dist/cli/main.js and/or with these
 //                          variables ("NAME=value,..."): an A/B of two builds or settings
+//   BENCH_B_NODE           pgwarden-b runs on this node binary: an A/B of two Node.js releases
 //   BENCH_WORKLOADS        comma list of select-only, tpcb-like; none = no standard rows
 //                                                                               default both
 //   BENCH_CLIENTS          comma list of client counts (-c)                     default 50
@@ -456,9 +457,14 @@ async function startTargets(h, cluster, started) {
       const nodeArgs = env("BENCH_PGWARDEN_NODE_ARGS", "");
       const mainBefore = process.env.PGWARDEN_MAIN;
       if (bMain) process.env.PGWARDEN_MAIN = bMain; // read by the harness while starting
+      // (pgwarden-b on another node: the harness's node, passed as $0, is replaced)
+      const bNode = b ? env("BENCH_B_NODE", "") : "";
       const pw = await h.pgwarden.startPgwarden({
         // node's own flags (--cpu-prof is not allowed in NODE_OPTIONS): sh execs node with them
-        prefix: nodeArgs ? ["sh", "-c", `exec "$0" ${nodeArgs} "$@"`] : undefined,
+        prefix:
+          nodeArgs || bNode
+            ? ["sh", "-c", `exec ${bNode ? JSON.stringify(bNode) : '"$0"'} ${nodeArgs} "$@"`]
+            : undefined,
         env: bEnv,
         general: {
           pooler_mode: "transaction",
