@@ -8,7 +8,13 @@
 //   npm run build && node bench/rewriter-loop.mjs            (REWRITER_LOOP_DIST=<dist> for another build)
 //
 // Prints nanoseconds per transaction. A development aid for the hot path (docs/performance.md),
-// not part of `npm run bench`.
+// not part of `npm run bench`. In the loop every client's and server's state stays in the CPU's
+// caches; in pgwarden other clients, the kernel, PostgreSQL and pgbench run between two
+// transactions of one client. REWRITER_LOOP_THRASH_KB=<n> writes one byte in each 64-byte line
+// of an n KB buffer at the three points where pgwarden runs other work (before the client's
+// messages come, while it waits for a server, while the server runs the query; 256 evicts most
+// of the state on this machine) and times the rewriter's three stretches alone (less the cost of
+// reading the clock).
 import { Buffer } from "node:buffer";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -66,19 +72,46 @@ const txn = Buffer.concat(parts);
 const read = Buffer.allocUnsafeSlow(16 * 1024);
 let written = 0;
 
+const THRASH_LINES = (Number(process.env.REWRITER_LOOP_THRASH_KB ?? 0) * 1024) / 64;
+const junk = new Uint8Array(THRASH_LINES * 64);
+// With THRASH_LINES: time in the rewriter, and the clock's own cost, summed over the stretches
+let spent = 0n;
+let clock = 0n;
+let since = 0n;
+
+/**
+ * Other work runs here: with THRASH_LINES, ends a timed stretch, thrashes, starts the next.
+ * `arrive`: the client's bytes come into the read buffer (the kernel's copy: not timed).
+ */
+function elsewhere(arrive = false) {
+  if (THRASH_LINES === 0) {
+    if (arrive) txn.copy(read, 0);
+    return;
+  }
+  const t1 = process.hrtime.bigint();
+  const t2 = process.hrtime.bigint();
+  spent += t1 - since;
+  clock += t2 - t1;
+  for (let k = 0; k < THRASH_LINES; k++) junk[k * 64]++;
+  if (arrive) txn.copy(read, 0);
+  since = process.hrtime.bigint();
+}
+
 function transaction(i) {
   const rw = rewriters[i % CLIENTS];
   const server = servers[(i * 7 + Math.floor(i / CLIENTS)) % SERVERS];
-  txn.copy(read, 0);
+  elsewhere(true);
   let off = 0;
   for (const part of parts) {
     rw.clientMessage(read[off], read, off, off + part.length);
     off += part.length;
   }
   rw.retain(); // waiting for a server
+  elsewhere();
   rw.attach(server);
   rw.plan();
   for (const b of rw.takeServer()) written += b.length;
+  elsewhere();
   if (!rw.quiet) {
     rw.serverMessage(0x32, EMPTY);
     rw.serverMessage(0x54, EMPTY);
@@ -92,11 +125,28 @@ function transaction(i) {
   if (!rw.detach()) throw new Error("lease did not end cleanly");
 }
 
-for (let i = 0; i < 200_000; i++) transaction(i); // warm up
-const N = 3_000_000;
-const t0 = process.hrtime.bigint();
-for (let i = 0; i < N; i++) transaction(i);
-const ns = Number(process.hrtime.bigint() - t0) / N;
-const expected = (200_000 + N) * (txn.length + 2); // "pgw_1" is 2 bytes longer than "P_0"
+/** Runs n transactions; nanoseconds per transaction in the rewriter. */
+function run(first, n) {
+  if (THRASH_LINES === 0) {
+    const t0 = process.hrtime.bigint();
+    for (let i = first; i < first + n; i++) transaction(i);
+    return Number(process.hrtime.bigint() - t0) / n;
+  }
+  spent = 0n;
+  clock = 0n;
+  since = process.hrtime.bigint();
+  for (let i = first; i < first + n; i++) transaction(i);
+  elsewhere();
+  return Number(spent - clock) / n;
+}
+
+const WARM = 200_000;
+const N = THRASH_LINES > 0 ? 300_000 : 3_000_000;
+run(0, WARM);
+const ns = run(WARM, N);
+const expected = (WARM + N) * (txn.length + 2); // "pgw_1" is 2 bytes longer than "P_0"
 if (written !== expected) throw new Error(`wrote ${written} bytes, expected ${expected}`);
-console.log(`${ns.toFixed(0)} ns per transaction (${CLIENTS} clients, ${SERVERS} servers)`);
+const thrashed = THRASH_LINES > 0 ? `; ${junk.length / 1024} KB touched at each of 3 points` : "";
+console.log(
+  `${ns.toFixed(0)} ns per transaction (${CLIENTS} clients, ${SERVERS} servers${thrashed})`,
+);
