@@ -459,6 +459,8 @@ async function startTargets(h, cluster, started) {
       if (bMain) process.env.PGWARDEN_MAIN = bMain; // read by the harness while starting
       // (pgwarden-b on another node: the harness's node, passed as $0, is replaced)
       const bNode = b ? env("BENCH_B_NODE", "") : "";
+      if (bNode)
+        log(`pgwarden-b runs on ${bNode} (${execFileSync(bNode, ["-v"]).toString().trim()})`);
       const pw = await h.pgwarden.startPgwarden({
         // node's own flags (--cpu-prof is not allowed in NODE_OPTIONS): sh execs node with them
         prefix:
