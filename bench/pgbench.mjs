@@ -68,6 +68,11 @@
 //   BENCH_CLIENTS          comma list of client counts (-c)                     default 50
 //   BENCH_PROTOCOL         comma list of simple, extended, prepared (-M)        default simple
 //   BENCH_JOBS             pgbench threads (-j), but see prepared above         default 2
+//   BENCH_RATE             pgbench -R: this many transactions per second in all (0 = as fast
+//                          as it goes). Below every target's top speed, all do the same work
+//                          per second, so their CPU per transaction is compared under the same
+//                          load, and the table gains pgbench's average latency ("lat ms",
+//                          schedule lag included)                              default 0
 //   BENCH_ROUNDS           times the standard matrix is run                     default 1
 //   BENCH_SCALE            pgbench scale (-s)                                   default 10
 //   BENCH_POOL_SIZE        server connections per pool                          default 10
@@ -174,6 +179,7 @@ function readConfig() {
     }),
     protocols: list("BENCH_PROTOCOL", "simple", PROTOCOLS),
     jobs: positive("BENCH_JOBS", 2),
+    rate: positive("BENCH_RATE", 0, { zero: true }),
     rounds: positive("BENCH_ROUNDS", 1),
     scale: positive("BENCH_SCALE", 10),
     poolSize: positive("BENCH_POOL_SIZE", 10),
@@ -587,6 +593,7 @@ async function pgbench(h, target, run, during) {
     "-M",
     run.protocol,
     ...(run.workload === "select-only" ? ["-S"] : []),
+    ...(run.rate > 0 ? ["-R", String(run.rate)] : []),
     ...(run.progress ? ["-P", "1"] : []),
     "-h",
     target.host,
@@ -682,7 +689,8 @@ function describe(row) {
     row.cpuUsPerTxn === undefined
       ? ""
       : `, ${fmt(row.cpuUsPerTxn, 1)} µs/txn (${fmt(row.userUsPerTxn, 1)} user, ${fmt(row.sysUsPerTxn, 1)} sys)`;
-  return `${fmt(row.tps)} tps${cpu}, failed ${row.failed}, aborted ${row.aborted}${row.errorsLogged ? `, ${row.errorsLogged} errors logged` : ""}${row.error ? ` (${row.error})` : ""}`;
+  const lat = row.rate > 0 ? `, latency ${fmt(row.latencyAvgMs, 3)} ms` : "";
+  return `${fmt(row.tps)} tps${cpu}${lat}, failed ${row.failed}, aborted ${row.aborted}${row.errorsLogged ? `, ${row.errorsLogged} errors logged` : ""}${row.error ? ` (${row.error})` : ""}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,6 +742,7 @@ function summarize(runs, targets, reference) {
       userUsPerTxn: median(cell.map((r) => r.userUsPerTxn)),
       sysUsPerTxn: median(cell.map((r) => r.sysUsPerTxn)),
       cpuPercent: median(cell.map((r) => r.cpuPercent)),
+      latencyAvgMs: median(cell.map((r) => r.latencyAvgMs)),
       failed: cell.reduce((s, r) => s + r.failed, 0),
       aborted: cell.reduce((s, r) => s + r.aborted, 0),
       errorsLogged: cell.reduce((s, r) => s + r.errorsLogged, 0),
@@ -809,43 +818,54 @@ function roundRatios(runs, targets, reference) {
   return lines;
 }
 
-function standardTable(rows, reference) {
+function standardTable(rows, reference, latency) {
   const ref = reference ?? "pgbouncer";
+  // (the latency column, with BENCH_RATE, goes after "cpu %")
+  const withLatency = (cells, lat) =>
+    latency ? [...cells.slice(0, 10), lat, ...cells.slice(10)] : cells;
   return table(
-    [
-      "workload",
-      "protocol",
-      "clients",
-      "-j",
-      "target",
-      "TPS",
-      "µs/txn",
-      "user",
-      "sys",
-      "cpu %",
-      "failed",
-      "aborted",
-      "errors logged",
-      `TPS pgwarden/${ref}`,
-      `µs/txn pgwarden/${ref}`,
-    ],
-    rows.map((r) => [
-      r.workload,
-      r.protocol,
-      String(r.clients),
-      String(r.jobs),
-      r.target,
-      r.error && !Number.isFinite(r.tps) ? "error" : fmt(r.tps),
-      fmt(r.cpuUsPerTxn, 1),
-      fmt(r.userUsPerTxn, 1),
-      fmt(r.sysUsPerTxn, 1),
-      fmt(r.cpuPercent),
-      String(r.failed),
-      String(r.aborted),
-      String(r.errorsLogged),
-      r.tpsRatio === undefined ? "" : fmt(r.tpsRatio, 2),
-      r.cpuRatio === undefined ? "" : fmt(r.cpuRatio, 2),
-    ]),
+    withLatency(
+      [
+        "workload",
+        "protocol",
+        "clients",
+        "-j",
+        "target",
+        "TPS",
+        "µs/txn",
+        "user",
+        "sys",
+        "cpu %",
+        "failed",
+        "aborted",
+        "errors logged",
+        `TPS pgwarden/${ref}`,
+        `µs/txn pgwarden/${ref}`,
+      ],
+      "lat ms",
+    ),
+    rows.map((r) =>
+      withLatency(
+        [
+          r.workload,
+          r.protocol,
+          String(r.clients),
+          String(r.jobs),
+          r.target,
+          r.error && !Number.isFinite(r.tps) ? "error" : fmt(r.tps),
+          fmt(r.cpuUsPerTxn, 1),
+          fmt(r.userUsPerTxn, 1),
+          fmt(r.sysUsPerTxn, 1),
+          fmt(r.cpuPercent),
+          String(r.failed),
+          String(r.aborted),
+          String(r.errorsLogged),
+          r.tpsRatio === undefined ? "" : fmt(r.tpsRatio, 2),
+          r.cpuRatio === undefined ? "" : fmt(r.cpuRatio, 2),
+        ],
+        fmt(r.latencyAvgMs, 3),
+      ),
+    ),
   );
 }
 
@@ -985,6 +1005,7 @@ async function main() {
                 clients,
                 jobs,
                 seconds: cfg.seconds,
+                rate: cfg.rate,
               });
               runs.push(row);
               log(
@@ -1057,13 +1078,13 @@ async function main() {
     if (standard.length > 0) {
       out.push(
         "",
-        `pgbench -T ${cfg.seconds}, scale ${cfg.scale}, pool size ${cfg.poolSize}, transaction mode, SCRAM logins; targets interleaved` +
+        `pgbench -T ${cfg.seconds}${cfg.rate > 0 ? ` -R ${cfg.rate}` : ""}, scale ${cfg.scale}, pool size ${cfg.poolSize}, transaction mode, SCRAM logins; targets interleaved` +
           (cfg.rounds > 1
             ? `, ${cfg.rounds} rounds (TPS and CPU: medians; failed, aborted: totals)`
             : ""),
         "µs/txn: proxy CPU (user + sys) per transaction; cpu %: proxy CPU over the run (100 = one core)",
         "",
-        standardTable(standard, reference),
+        standardTable(standard, reference, cfg.rate > 0),
       );
       const rr = cfg.rounds > 1 && reference ? roundRatios(runs, targets, reference) : [];
       if (rr.length)
