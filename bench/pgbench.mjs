@@ -1086,7 +1086,9 @@ async function main() {
         "",
         standardTable(standard, reference, cfg.rate > 0),
       );
-      const rr = cfg.rounds > 1 && reference ? roundRatios(runs, targets, reference) : [];
+      // (at a fixed rate every target's TPS is the rate: no ratios to show)
+      const rr =
+        cfg.rounds > 1 && reference && cfg.rate === 0 ? roundRatios(runs, targets, reference) : [];
       if (rr.length)
         out.push("", `TPS over ${reference}'s in the same round, round by round:`, ...rr);
       const p = problems(
