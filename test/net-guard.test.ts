@@ -124,6 +124,13 @@ describe("network guard", () => {
     }
   });
 
+  it("stays in NODE_OPTIONS when childEnv() is given NODE_OPTIONS of its own", () => {
+    const env = childEnv({ NODE_OPTIONS: "--max-old-space-size=256" });
+    expect(env.NODE_OPTIONS).toContain("--max-old-space-size=256");
+    expect(env.NODE_OPTIONS).toContain("net-guard.cjs");
+    expect(childEnv({ NODE_OPTIONS: undefined }).NODE_OPTIONS).toContain("net-guard.cjs");
+  });
+
   it("is loaded by child processes through childEnv() and records their refusals", async () => {
     const env = childEnv({ PGWARDEN_NET_GUARD_LOG: ownLog });
     expect(env.NODE_OPTIONS).toContain("net-guard.cjs");

@@ -42,16 +42,17 @@ export function nodeOptionsWithGuard(existing: string | undefined): string {
 
 /**
  * Environment for a Node child process under test: a copy of process.env, the guard variables
- * applied (unset list removed, guard values set), NODE_OPTIONS requiring the guard, then
- * `extra` (a value of `undefined` removes that variable).
+ * applied (unset list removed, guard values set), then `extra` (a value of `undefined` removes
+ * that variable), and last NODE_OPTIONS requiring the guard: a NODE_OPTIONS in `extra` (the
+ * bench's BENCH_B_ENV, say) gets the guard added, never loses it.
  */
 export function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
   netGuard.applyGuardEnv(env);
-  env.NODE_OPTIONS = nodeOptionsWithGuard(env.NODE_OPTIONS);
   for (const [k, v] of Object.entries(extra)) {
     if (v === undefined) delete env[k];
     else env[k] = v;
   }
+  env.NODE_OPTIONS = nodeOptionsWithGuard(env.NODE_OPTIONS);
   return env;
 }
