@@ -820,52 +820,28 @@ function roundRatios(runs, targets, reference) {
 
 function standardTable(rows, reference, latency) {
   const ref = reference ?? "pgbouncer";
-  // (the latency column, with BENCH_RATE, goes after "cpu %")
-  const withLatency = (cells, lat) =>
-    latency ? [...cells.slice(0, 10), lat, ...cells.slice(10)] : cells;
+  // [header, cell] per column; "lat ms" only with BENCH_RATE
+  const columns = [
+    ["workload", (r) => r.workload],
+    ["protocol", (r) => r.protocol],
+    ["clients", (r) => String(r.clients)],
+    ["-j", (r) => String(r.jobs)],
+    ["target", (r) => r.target],
+    ["TPS", (r) => (r.error && !Number.isFinite(r.tps) ? "error" : fmt(r.tps))],
+    ["µs/txn", (r) => fmt(r.cpuUsPerTxn, 1)],
+    ["user", (r) => fmt(r.userUsPerTxn, 1)],
+    ["sys", (r) => fmt(r.sysUsPerTxn, 1)],
+    ["cpu %", (r) => fmt(r.cpuPercent)],
+    ...(latency ? [["lat ms", (r) => fmt(r.latencyAvgMs, 3)]] : []),
+    ["failed", (r) => String(r.failed)],
+    ["aborted", (r) => String(r.aborted)],
+    ["errors logged", (r) => String(r.errorsLogged)],
+    [`TPS pgwarden/${ref}`, (r) => (r.tpsRatio === undefined ? "" : fmt(r.tpsRatio, 2))],
+    [`µs/txn pgwarden/${ref}`, (r) => (r.cpuRatio === undefined ? "" : fmt(r.cpuRatio, 2))],
+  ];
   return table(
-    withLatency(
-      [
-        "workload",
-        "protocol",
-        "clients",
-        "-j",
-        "target",
-        "TPS",
-        "µs/txn",
-        "user",
-        "sys",
-        "cpu %",
-        "failed",
-        "aborted",
-        "errors logged",
-        `TPS pgwarden/${ref}`,
-        `µs/txn pgwarden/${ref}`,
-      ],
-      "lat ms",
-    ),
-    rows.map((r) =>
-      withLatency(
-        [
-          r.workload,
-          r.protocol,
-          String(r.clients),
-          String(r.jobs),
-          r.target,
-          r.error && !Number.isFinite(r.tps) ? "error" : fmt(r.tps),
-          fmt(r.cpuUsPerTxn, 1),
-          fmt(r.userUsPerTxn, 1),
-          fmt(r.sysUsPerTxn, 1),
-          fmt(r.cpuPercent),
-          String(r.failed),
-          String(r.aborted),
-          String(r.errorsLogged),
-          r.tpsRatio === undefined ? "" : fmt(r.tpsRatio, 2),
-          r.cpuRatio === undefined ? "" : fmt(r.cpuRatio, 2),
-        ],
-        fmt(r.latencyAvgMs, 3),
-      ),
-    ),
+    columns.map(([header]) => header),
+    rows.map((r) => columns.map(([, cell]) => cell(r))),
   );
 }
 

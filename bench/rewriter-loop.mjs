@@ -12,9 +12,9 @@
 // caches; in pgwarden other clients, the kernel, PostgreSQL and pgbench run between two
 // transactions of one client. REWRITER_LOOP_THRASH_KB=<n> writes one byte in each 64-byte line
 // of an n KB buffer at the three points where pgwarden runs other work (before the client's
-// messages come, while it waits for a server, while the server runs the query; 256 evicts most
-// of the state on this machine) and times the rewriter's three stretches alone (less the cost of
-// reading the clock).
+// messages come, while it waits for a server, while the server runs the query; on a machine
+// with 512 KB of L2 per core the cost kept rising up to 1-2 MB: docs/performance.md) and times
+// the rewriter's three stretches alone (less the cost of reading the clock).
 import { Buffer } from "node:buffer";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
