@@ -58,8 +58,9 @@
 // Knobs (environment):
 //   BENCH_SECONDS          seconds per standard pgbench run (-T)                default 15
 //   BENCH_TARGETS          comma list of pgwarden, pgbouncer-latest, pgbouncer-system, direct,
-//                          pgwarden-2w, pgwarden-b, node-floor, node-floor-pool (pgbouncer =
-//                          both PgBouncers)         default all but pgwarden-2w, -b, node-floor*
+//                          pgwarden-2w, pgbouncer-latest-2p, pgwarden-b, node-floor,
+//                          node-floor-pool (pgbouncer = both PgBouncers)
+//                                  default all but pgwarden-2w, pgbouncer-latest-2p, -b, node-floor*
 //   BENCH_B_MAIN, BENCH_B_ENV  pgwarden-b runs this dist/cli/main.js and/or with these
 //                          variables ("NAME=value,..."): an A/B of two builds or settings
 //   BENCH_B_NODE           pgwarden-b runs on this node binary: an A/B of two Node.js releases
@@ -117,6 +118,10 @@
 //     BENCH_TARGETS=pgwarden,pgwarden-2w BENCH_WORKLOADS=none BENCH_RESTART=0 \
 //       BENCH_IDLE_CLIENTS=10000 npm run bench
 //   Provider calls per identity with 2 workers: BENCH_WORKERS=2 npm run bench:credentials
+// pgbouncer-latest-2p is PgBouncer's answer to the same: two pgbouncer-latest processes on one
+// port (`so_reuseport = 1`), pool_size split between them as pgwarden-2w splits it, CPU summed
+// over both. Two processes against two, where pgwarden-2w against one PgBouncer is not the same
+// comparison.
 // `node bench/pgbench.mjs --help` prints this text.
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -127,8 +132,17 @@ import { ROOT, transpileTestSupport } from "./test-modules.mjs";
 
 const PASSWORD = "bench-password";
 const TARGETS = ["pgwarden", "pgbouncer-latest", "pgbouncer-system", "direct"];
-/** Targets run only when named in BENCH_TARGETS: pgwarden with `workers = 2`, and pgwarden-b (A/B). */
-const EXTRA_TARGETS = ["pgwarden-2w", "pgwarden-b", "node-floor", "node-floor-pool"];
+/**
+ * Targets run only when named in BENCH_TARGETS: pgwarden with `workers = 2`, two PgBouncer 1.25
+ * processes on one port, pgwarden-b (A/B) and the floors.
+ */
+const EXTRA_TARGETS = [
+  "pgwarden-2w",
+  "pgbouncer-latest-2p",
+  "pgwarden-b",
+  "node-floor",
+  "node-floor-pool",
+];
 const WORKLOADS = ["select-only", "tpcb-like"];
 const PROTOCOLS = ["simple", "extended", "prepared"];
 const RESTART_CLIENTS = 20;
@@ -248,26 +262,39 @@ function procTable() {
   return table;
 }
 
-/** { at, user, sys } (ms, µs, µs) of `pid` and all its descendants; undefined when it is gone. */
-function treeCpu(pid) {
-  if (pid === undefined || !existsSync("/proc/self/stat")) return undefined;
+/**
+ * The /proc entries (procTable()'s) of `pid`, or of each pid of an array, and all their
+ * descendants; undefined when one of them is gone.
+ */
+function treeEntries(pid) {
+  const roots = Array.isArray(pid) ? pid : [pid];
   const table = procTable();
-  if (!table.has(pid)) return undefined;
+  if (!roots.every((p) => table.has(p))) return undefined;
   const children = new Map();
   for (const [p, e] of table) {
     const kids = children.get(e.ppid) ?? [];
     kids.push(p);
     children.set(e.ppid, kids);
   }
+  const out = [];
+  for (const stack = [...roots]; stack.length > 0; ) {
+    const p = stack.pop();
+    out.push(table.get(p));
+    stack.push(...(children.get(p) ?? []));
+  }
+  return out;
+}
+
+/** { at, user, sys } (ms, µs, µs) of treeEntries(pid); undefined when one is gone. */
+function treeCpu(pid) {
+  if (pid === undefined || !existsSync("/proc/self/stat")) return undefined;
+  const entries = treeEntries(pid);
+  if (entries === undefined) return undefined;
   let user = 0;
   let sys = 0;
-  for (const stack = [pid]; stack.length > 0; ) {
-    const p = stack.pop();
-    const e = table.get(p);
-    if (!e) continue;
+  for (const e of entries) {
     user += e.user;
     sys += e.sys;
-    stack.push(...(children.get(p) ?? []));
   }
   return { at: Date.now(), user: (user * 1e6) / CLK_TCK, sys: (sys * 1e6) / CLK_TCK };
 }
@@ -282,24 +309,10 @@ const PAGE_SIZE = (() => {
 
 /** Resident memory (bytes) of `pid` and all its descendants, and how many processes that is. */
 function treeRss(pid) {
-  const table = procTable();
-  const children = new Map();
-  for (const [p, e] of table) {
-    const kids = children.get(e.ppid) ?? [];
-    kids.push(p);
-    children.set(e.ppid, kids);
-  }
+  const entries = treeEntries(pid) ?? [];
   let bytes = 0;
-  let processes = 0;
-  for (const stack = [pid]; stack.length > 0; ) {
-    const p = stack.pop();
-    const e = table.get(p);
-    if (!e) continue;
-    bytes += e.rssPages * PAGE_SIZE;
-    processes++;
-    stack.push(...(children.get(p) ?? []));
-  }
-  return { bytes, processes };
+  for (const e of entries) bytes += e.rssPages * PAGE_SIZE;
+  return { bytes, processes: entries.length };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,27 +434,38 @@ function latestPgbouncerBin() {
 async function startTargets(h, cluster, started) {
   const targets = [];
   const notes = [];
-  const bouncer = async (key, bin, version, settings) => {
-    const pb = await h.pgbouncer.startPgbouncer({
-      bin,
-      databases: { bench: `host=${cluster.host} port=${cluster.port} dbname=bench` },
-      users: [{ name: "bench", password: PASSWORD }],
-      settings: {
-        pool_mode: "transaction",
-        default_pool_size: cfg.poolSize,
-        auth_type: "scram-sha-256",
-        ...settings,
-      },
-    });
-    started.push(pb);
-    const name = `pgbouncer-${version}`;
+  // `processes` PgBouncers on one port (so_reuseport, PgBouncer's way to use more than one
+  // core), pool_size split as pgwarden splits it among workers (docs/workers.md)
+  const bouncer = async (key, bin, version, settings, processes = 1) => {
+    const pids = [];
+    let port;
+    for (let i = 0; i < processes; i++) {
+      const share = Math.floor(cfg.poolSize / processes) + (i < cfg.poolSize % processes ? 1 : 0);
+      const pb = await h.pgbouncer.startPgbouncer({
+        bin,
+        port,
+        databases: { bench: `host=${cluster.host} port=${cluster.port} dbname=bench` },
+        users: [{ name: "bench", password: PASSWORD }],
+        settings: {
+          pool_mode: "transaction",
+          default_pool_size: Math.max(1, share),
+          auth_type: "scram-sha-256",
+          ...(processes > 1 ? { so_reuseport: 1 } : {}),
+          ...settings,
+        },
+      });
+      started.push(pb);
+      port = pb.port;
+      pids.push(pb.proc.pid);
+    }
+    const name = `pgbouncer-${version}${processes > 1 ? `-${processes}p` : ""}`;
     const taken = targets.some((t) => t.name === name);
     targets.push({
       key,
       name: taken ? `${name}-${key.slice("pgbouncer-".length)}` : name,
-      host: pb.host,
-      port: pb.port,
-      pid: pb.proc.pid,
+      host: "127.0.0.1",
+      port,
+      pid: processes > 1 ? pids : pids[0],
       bin,
       version,
     });
@@ -498,7 +522,7 @@ async function startTargets(h, cluster, started) {
       else process.env.PGWARDEN_MAIN = mainBefore;
       started.push(pw);
       targets.push({ key, name: key, host: pw.host, port: pw.port, pid: pw.proc.pid });
-    } else if (key === "pgbouncer-latest") {
+    } else if (key === "pgbouncer-latest" || key === "pgbouncer-latest-2p") {
       const bin = latestPgbouncerBin();
       const version = bin && h.pgbouncer.pgbouncerVersion(bin);
       if (!bin || !version) {
@@ -507,8 +531,11 @@ async function startTargets(h, cluster, started) {
         );
         continue;
       }
-      log(`starting PgBouncer ${version} (${bin})`);
-      await bouncer(key, bin, version, { max_prepared_statements: 200 });
+      const processes = key === "pgbouncer-latest-2p" ? 2 : 1;
+      log(
+        `starting PgBouncer ${version} (${bin})${processes > 1 ? `, ${processes} processes` : ""}`,
+      );
+      await bouncer(key, bin, version, { max_prepared_statements: 200 }, processes);
     } else if (key === "pgbouncer-system") {
       const bin = h.pgbouncer.pgbouncerBin();
       const version = h.pgbouncer.pgbouncerVersion(bin);

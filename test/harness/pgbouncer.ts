@@ -32,6 +32,12 @@ export interface StartPgbouncerOptions {
   settings?: Record<string, string | number>;
   /** The binary to run (e.g. a newer PgBouncer built from source); default `pgbouncerBin()`. */
   bin?: string;
+  /**
+   * Listen on this port instead of a free one: a second PgBouncer on another's port, both with
+   * `so_reuseport = 1` (PgBouncer's way to use more than one core). Started when its own log
+   * says it listens, as the port answers already.
+   */
+  port?: number;
 }
 
 export interface Pgbouncer {
@@ -81,7 +87,7 @@ export async function startPgbouncer(opts: StartPgbouncerOptions): Promise<Pgbou
   const bin = opts.bin ?? pgbouncerBin();
   for (let attempt = 1; ; attempt++) {
     const dir = mkdtempSync(join(tmpdir(), "pgw-bouncer-"));
-    const port = await freePort();
+    const port = opts.port ?? (await freePort());
     const logFile = join(dir, "pgbouncer.log");
     const settings: Record<string, string | number> = {
       listen_addr: "127.0.0.1",
@@ -139,7 +145,11 @@ export async function startPgbouncer(opts: StartPgbouncerOptions): Promise<Pgbou
       exited = true;
     });
     const deadline = Date.now() + 15_000;
-    while (!exited && Date.now() < deadline && !(await canConnect(port))) await sleep(30);
+    const up = async () =>
+      opts.port === undefined
+        ? canConnect(port)
+        : readFileSync(logFile, "utf8").includes("listening on 127.0.0.1") && canConnect(port);
+    while (!exited && Date.now() < deadline && !(await up())) await sleep(30);
     const stop = async () => {
       if (proc.exitCode === null && proc.signalCode === null) {
         await new Promise<void>((resolve) => {
@@ -154,7 +164,7 @@ export async function startPgbouncer(opts: StartPgbouncerOptions): Promise<Pgbou
       untrack(proc.pid);
       rmSync(dir, { recursive: true, force: true });
     };
-    if (!exited && (await canConnect(port))) {
+    if (!exited && (await up())) {
       let stopping: Promise<void> | undefined;
       return {
         host: "127.0.0.1",
@@ -172,7 +182,7 @@ export async function startPgbouncer(opts: StartPgbouncerOptions): Promise<Pgbou
       "\n",
     );
     await stop();
-    if (attempt < 4 && /Address already in use/.test(log)) continue;
+    if (attempt < 4 && opts.port === undefined && /Address already in use/.test(log)) continue;
     throw new Error(`pgbouncer did not start on port ${port}:\n${log.slice(-3000)}`);
   }
 }
