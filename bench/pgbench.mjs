@@ -438,6 +438,7 @@ async function startTargets(h, cluster, started) {
   // core), pool_size split as pgwarden splits it among workers (docs/workers.md)
   const bouncer = async (key, bin, version, settings, processes = 1) => {
     const pids = [];
+    let host;
     let port;
     for (let i = 0; i < processes; i++) {
       const share = Math.floor(cfg.poolSize / processes) + (i < cfg.poolSize % processes ? 1 : 0);
@@ -455,6 +456,7 @@ async function startTargets(h, cluster, started) {
         },
       });
       started.push(pb);
+      host = pb.host;
       port = pb.port;
       pids.push(pb.proc.pid);
     }
@@ -463,7 +465,7 @@ async function startTargets(h, cluster, started) {
     targets.push({
       key,
       name: taken ? `${name}-${key.slice("pgbouncer-".length)}` : name,
-      host: "127.0.0.1",
+      host,
       port,
       pid: processes > 1 ? pids : pids[0],
       bin,
