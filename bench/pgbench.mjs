@@ -435,13 +435,13 @@ async function startTargets(h, cluster, started) {
   const targets = [];
   const notes = [];
   // `processes` PgBouncers on one port (so_reuseport, PgBouncer's way to use more than one
-  // core), pool_size split as pgwarden splits it among workers (docs/workers.md)
+  // core), pool_size split by pgwarden's own rule for workers (src/cluster/split.ts)
   const bouncer = async (key, bin, version, settings, processes = 1) => {
+    const { share } = await import("../dist/cluster/split.js");
     const pids = [];
     let host;
     let port;
     for (let i = 0; i < processes; i++) {
-      const share = Math.floor(cfg.poolSize / processes) + (i < cfg.poolSize % processes ? 1 : 0);
       const pb = await h.pgbouncer.startPgbouncer({
         bin,
         port,
@@ -449,7 +449,7 @@ async function startTargets(h, cluster, started) {
         users: [{ name: "bench", password: PASSWORD }],
         settings: {
           pool_mode: "transaction",
-          default_pool_size: Math.max(1, share),
+          default_pool_size: share(cfg.poolSize, i, processes, 1),
           auth_type: "scram-sha-256",
           ...(processes > 1 ? { so_reuseport: 1 } : {}),
           ...settings,
